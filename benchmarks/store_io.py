@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Store I/O: read throughput against a plain PIL folder, append throughput, refresh cost at 100k records.
+
+    python benchmarks/store_io.py [--samples 2000] [--size 128] [--records 100000]
+
+Paired measurements run interleaved in one process (A, B, A, B, ...) and the ratio is taken
+of the medians, since this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from synthaug.store import MANIFEST, SEGMENTS, SampleStore, StoreWriter, create_store
+from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+
+def read_plain(folder: Path, names: list[str]) -> None:
+    for n in names:
+        with Image.open(folder / f"{n}.png") as im:
+            np.asarray(im.convert("RGB"))
+        with Image.open(folder / f"{n}.mask.png") as im:
+            np.asarray(im)
+
+
+def read_store(store: SampleStore) -> None:
+    for i in range(len(store)):
+        store.read(i)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="synthaug-bench-"))
+    try:
+        samples = [render_seed(s, args.size).to_sample() for s in range(args.samples)]
+        store_path = create_store(tmp / "store", TOY_VOCABULARY)
+        results = {}
+        for fsync in (False, True):
+            n = args.samples if not fsync else min(args.samples, 300)
+            t0 = time.perf_counter()
+            with StoreWriter(store_path, segment=f"append-fsync{int(fsync)}", fsync=fsync) as w:
+                for s in samples[:n]:
+                    w.add(s)
+            results[f"append_samples_per_s_fsync_{fsync}"] = round(n / (time.perf_counter() - t0), 1)
+        # Same files as a plain folder, for the read comparison.
+        plain = tmp / "plain"
+        plain.mkdir()
+        store = SampleStore(store_path)
+        keep = [i for i, r in enumerate(store.records) if "fsync0" in r["id"]]
+        names = []
+        for i in keep:
+            rec = store.records[i]
+            name = rec["id"]
+            shutil.copyfile(store_path / rec["image"], plain / f"{name}.png")
+            shutil.copyfile(store_path / rec["mask"], plain / f"{name}.mask.png")
+            names.append(name)
+        only = SampleStore(store_path)
+        only.records = [only.records[i] for i in keep]
+        t_plain, t_store = [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            read_plain(plain, names)
+            t_plain.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            read_store(only)
+            t_store.append(time.perf_counter() - t0)
+        plain_rate = len(names) / statistics.median(t_plain)
+        store_rate = len(names) / statistics.median(t_store)
+        results.update(
+            read_plain_per_s=round(plain_rate, 1),
+            read_store_per_s=round(store_rate, 1),
+            read_ratio_store_vs_plain=round(store_rate / plain_rate, 3),
+        )
+        # Refresh cost with many records: one manifest of N lines, then 10 appended.
+        big = create_store(tmp / "big", TOY_VOCABULARY)
+        seg = big / SEGMENTS / "bulk"
+        (seg / "samples").mkdir(parents=True)
+        rec = dict(store.records[0])
+        with open(seg / MANIFEST, "w") as f:
+            for k in range(args.records):
+                rec["id"] = f"bulk-{k:08d}"
+                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        t0 = time.perf_counter()
+        reader = SampleStore(big)
+        results["open_s_at_records"] = round(time.perf_counter() - t0, 3)
+        refresh_noop, refresh_new = [], []
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            reader.refresh()
+            refresh_noop.append(time.perf_counter() - t0)
+            with open(seg / MANIFEST, "a") as f:
+                for k in range(10):
+                    rec["id"] = f"bulk-x{r}-{k}"
+                    f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            t0 = time.perf_counter()
+            assert reader.refresh() == 10
+            refresh_new.append(time.perf_counter() - t0)
+        results.update(
+            records=len(reader),
+            refresh_nothing_new_ms=round(1000 * statistics.median(refresh_noop), 3),
+            refresh_10_new_ms=round(1000 * statistics.median(refresh_new), 3),
+        )
+        results["image_size"] = args.size
+        print(json.dumps(results, indent=2))
+        out = Path(__file__).parent / "results" / "store_io.json"
+        out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **results}, indent=2) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

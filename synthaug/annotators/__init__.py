@@ -1,0 +1,32 @@
+"""Annotators: captured attention (and later, features) -> masks. Build one by name with `build_annotator`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthaug.annotators.base import Annotation, Annotator
+from synthaug.annotators.cross_attention import CrossAttentionAnnotator, CrossAttentionParams
+from synthaug.annotators.self_refined import SelfRefinedAnnotator, SelfRefinedParams
+
+ANNOTATORS = {
+    "cross_attention": (CrossAttentionAnnotator, CrossAttentionParams),
+    "self_refined": (SelfRefinedAnnotator, SelfRefinedParams),
+}
+
+__all__ = ["ANNOTATORS", "Annotation", "Annotator", "build_annotator"]
+
+
+def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annotator:
+    """An annotator by method name with its parameters; errors name the unknown method or parameter."""
+    if method not in ANNOTATORS:
+        raise ValueError(f"method={method!r} is unknown: use one of {sorted(ANNOTATORS)}")
+    cls, params_cls = ANNOTATORS[method]
+    params = dict(params or {})
+    known = set(params_cls.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"annotator.{unknown[0]} is not a parameter of method {method!r}; known: {sorted(known)}")
+    for key, value in params.items():
+        if isinstance(value, list):
+            params[key] = tuple(value)
+    return cls(params_cls(**params))

@@ -1,0 +1,117 @@
+"""Cross-attention annotation (DiffuMask): per-object maps from the words' attention, then a threshold.
+
+Maps captured at several factors are resized to the image, averaged, summed over the tokens
+of every word that describes an object (class word plus attributes such as its colour),
+min-max normalised per object, and thresholded. A pixel takes the class of its strongest
+object where that object's map clears the threshold; elsewhere it is background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthaug.annotators.base import Annotation
+from synthaug.attention import AttentionStore, CaptureSpec
+
+THRESHOLDS = ("otsu",)
+
+
+@dataclass(frozen=True)
+class CrossAttentionParams:
+    """Which captured factors to use and how to threshold (a number in [0, 1], or 'otsu')."""
+
+    factors: tuple[int, ...] = (1, 2)
+    threshold: float | str = 0.5
+    background_id: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, str) and self.threshold not in THRESHOLDS:
+            raise ValueError(f"threshold={self.threshold!r}: use a number in [0, 1] or one of {THRESHOLDS}")
+        if not isinstance(self.threshold, str) and not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold={self.threshold} must lie in [0, 1]")
+        if not self.factors:
+            raise ValueError("factors is empty: name at least one captured factor, e.g. (1, 2)")
+
+
+def aggregate_maps(maps: dict[int, torch.Tensor], factors: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
+    """Average the (B, h, w, L) maps of `factors`, each resized to `size`: (B, L, H, W)."""
+    missing = [f for f in factors if f not in maps]
+    if missing:
+        raise ValueError(f"factors {missing} were not captured (captured: {sorted(maps)}); capture them or drop them")
+    resized = [
+        F.interpolate(maps[f].permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False) for f in factors
+    ]
+    return torch.stack(resized).mean(0)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map over its last two dims to [0, 1]."""
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-8)
+
+
+def object_maps(token_maps: torch.Tensor, token_groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(K, H, W) normalised maps: for each object, the sum of its tokens' maps in `token_maps` (L, H, W)."""
+    if not token_groups:
+        return token_maps.new_zeros((0, *token_maps.shape[-2:]))
+    return normalise(torch.stack([token_maps[list(g)].sum(0) for g in token_groups]))
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold of values in [0, 1]: the cut that maximises between-class variance."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    m = np.cumsum(p * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (m[-1] * w0 - m) ** 2 / (w0 * (1 - w0))
+    between = np.nan_to_num(between)
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def label_objects(
+    maps: torch.Tensor, class_ids: Sequence[int], threshold: float | str, background_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic mask (H, W) uint8 and winning-object index (-1 = none) from (K, H, W) maps in [0, 1]."""
+    arr = maps.detach().cpu().numpy()
+    H, W = arr.shape[-2:]
+    if arr.shape[0] == 0:
+        return np.full((H, W), background_id, np.uint8), np.full((H, W), -1, np.int64)
+    cuts = np.array([otsu_threshold(m) if threshold == "otsu" else float(threshold) for m in arr])
+    best = arr.argmax(0)
+    above = np.take_along_axis(arr, best[None], 0)[0] >= cuts[best]
+    winner = np.where(above, best, -1)
+    sem = np.where(above, np.asarray(class_ids, dtype=np.uint8)[best], background_id).astype(np.uint8)
+    return sem, winner
+
+
+class CrossAttentionAnnotator:
+    """DiffuMask-style masks from captured cross-attention; parameters in CrossAttentionParams."""
+
+    name = "cross_attention"
+
+    def __init__(self, params: CrossAttentionParams | None = None) -> None:
+        self.params = params or CrossAttentionParams()
+
+    @property
+    def capture(self) -> CaptureSpec:
+        return CaptureSpec(cross_factors=tuple(sorted(set(self.params.factors))))
+
+    def maps(
+        self, store: AttentionStore, index: int, groups: Sequence[Sequence[int]], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(K, H, W) object maps in [0, 1] of image `index` of a captured batch."""
+        cross = {f: m[index : index + 1] for f, m in store.cross_maps().items()}
+        return object_maps(aggregate_maps(cross, self.params.factors, size)[0], groups)
+
+    def label(self, maps: torch.Tensor, class_ids: Sequence[int]) -> Annotation:
+        sem, winner = label_objects(maps, class_ids, self.params.threshold, self.params.background_id)
+        conf = maps.max(0).values.cpu().numpy() if maps.shape[0] else np.zeros(sem.shape, np.float32)
+        return Annotation(sem, winner, conf.astype(np.float32))

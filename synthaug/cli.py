@@ -1,0 +1,150 @@
+"""The `synthaug` command line: demo, generate, toy-data, verify, stats, export, show."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from synthaug.demo import run_demo
+
+    run_demo(args.out, num=args.num, steps=args.steps, guidance=args.guidance, model=args.model)
+    return 0
+
+
+def _cmd_toy_data(args: argparse.Namespace) -> int:
+    from synthaug.toy.dataset import write_toy_dataset
+
+    splits = {"train": args.train, "val": args.val, "test": args.test}
+    summary = write_toy_dataset(args.out, splits, size=args.size, seed=args.seed)
+    print(
+        f"wrote {sum(s['count'] for s in summary['splits'].values())} images to {args.out} "
+        f"(mmseg img_dir/ann_dir and COCO annotations/instances_*.json)"
+    )
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthaug.config import GenerationConfig
+    from synthaug.generation_job import run_generation
+
+    cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
+    if args.device:
+        cfg.device = args.device
+    if args.model:
+        cfg.model = args.model
+    n = run_generation(cfg, args.out, num=args.num)
+    print(f"wrote {n} samples to {args.out}; look at them with: synthaug show {args.out} --out GALLERY_DIR")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from synthaug.store_ops import verify
+
+    report = verify(args.store, repair=args.repair)
+    print(report.summary())
+    return 0 if report.clean or report.repaired else 1
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from synthaug.store_ops import format_stats, stats
+
+    s = stats(args.store)
+    print(json.dumps(s, indent=2) if args.json else format_stats(s))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from synthaug.store_ops import export
+
+    n = export(args.store, args.out, args.format, split=args.split)
+    print(f"exported {n} samples to {args.out} ({args.format})")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from synthaug.gallery import write_gallery
+
+    page = write_gallery(args.store, args.out, limit=args.limit)
+    print(f"gallery: {page}\ncontact sheet: {page.parent / 'contact_sheet.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthaug",
+        description="Diffusion-generated, attention-annotated segmentation data for MMSegmentation and detectron2.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="generate and annotate with the built-in toy model, score, and show")
+    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    demo.add_argument("--num", type=int, default=32, help="images to generate (default: 32)")
+    demo.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
+    demo.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default: 3)")
+    demo.add_argument("--model", default=None, help="local model folder (default: the shipped toy model)")
+    demo.set_defaults(func=_cmd_demo)
+
+    toy = sub.add_parser("toy-data", help="write a toy 'real' dataset: mmseg folders and COCO JSON")
+    toy.add_argument("--out", type=Path, required=True)
+    toy.add_argument("--train", type=int, default=200)
+    toy.add_argument("--val", type=int, default=50)
+    toy.add_argument("--test", type=int, default=100)
+    toy.add_argument("--size", type=int, default=32, help="image side in pixels (default: 32, the model's size)")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(func=_cmd_toy_data)
+
+    gen = sub.add_parser("generate", help="generate annotated samples into a store")
+    gen.add_argument("--config", type=Path, default=None, help="gen.yaml (default: toy model, cross-attention)")
+    gen.add_argument("--out", type=Path, required=True, help="the store to write (created if missing)")
+    gen.add_argument("--num", type=int, default=None, help="how many samples (default: the config's num)")
+    gen.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
+    gen.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    gen.set_defaults(func=_cmd_generate)
+
+    verify = sub.add_parser("verify", help="read every sample of a store back and report problems")
+    verify.add_argument("store", type=Path)
+    verify.add_argument("--repair", action="store_true", help="quarantine corrupt samples, delete crash leftovers")
+    verify.set_defaults(func=_cmd_verify)
+
+    st = sub.add_parser("stats", help="counts per class and segment, quality distribution")
+    st.add_argument("store", type=Path)
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(func=_cmd_stats)
+
+    ex = sub.add_parser("export", help="write the store as mmseg folders or COCO JSON")
+    ex.add_argument("store", type=Path)
+    ex.add_argument("out", type=Path)
+    ex.add_argument("--format", choices=("mmseg", "coco"), required=True)
+    ex.add_argument("--split", default="train", help="split folder name (default: train)")
+    ex.set_defaults(func=_cmd_export)
+
+    show = sub.add_parser("show", help="write an HTML gallery with mask overlays and a PNG contact sheet")
+    show.add_argument("store", type=Path)
+    show.add_argument("--out", type=Path, required=True)
+    show.add_argument("--limit", type=int, default=500, help="at most this many samples (default: 500)")
+    show.set_defaults(func=_cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from synthaug.store import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, StoreError) as err:
+        print(f"synthaug {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

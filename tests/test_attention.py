@@ -1,0 +1,123 @@
+"""Attention capture on a real diffusers UNet (the toy architecture, random weights: mechanics only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthaug.attention import CaptureSpec, CapturingProcessor, capture_attention
+from synthaug.generator import DiffusionModel, generate_batch, load_model
+
+PROMPTS = ["a red circle and a blue square on stripes", "a green triangle on noise"]
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> DiffusionModel:
+    from synthaug.toy.model import build_text_encoder, build_tokenizer, build_unet, save_model
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    path = tmp_path_factory.mktemp("toy_random")
+    save_model(
+        path, build_unet(), build_text_encoder(tok), tok, {"text_mask_policy": "bos_and_words", "resolution": 32}
+    )
+    return load_model(path)
+
+
+def test_processors_restored_after_exception(random_model):
+    unet = random_model.unet
+    before = dict(unet.attn_processors)
+    with pytest.raises(RuntimeError, match="boom"), capture_attention(unet, CaptureSpec((1, 2), (2,))):
+        assert any(isinstance(p, CapturingProcessor) for p in unet.attn_processors.values())
+        raise RuntimeError("boom")
+    after = unet.attn_processors
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+
+
+def test_capture_does_not_change_the_images(random_model):
+    plain = generate_batch(random_model, PROMPTS, [1, 2], steps=3, guidance=3.0)
+    captured = generate_batch(
+        random_model,
+        PROMPTS,
+        [1, 2],
+        steps=3,
+        guidance=3.0,
+        capture=CaptureSpec(cross_factors=(1, 2, 4), self_factors=(2,)),
+    )
+    assert (plain.images == captured.images).all()
+    assert plain.store is None and captured.store is not None
+
+
+def test_memory_does_not_grow_with_steps(random_model):
+    spec = CaptureSpec(cross_factors=(1, 2), self_factors=(2,))
+    short = generate_batch(random_model, PROMPTS, [1, 2], steps=2, capture=spec).store
+    long = generate_batch(random_model, PROMPTS, [1, 2], steps=7, capture=spec).store
+    assert short.nbytes() == long.nbytes() > 0
+    # Running sums: counts grow with steps, the tensors do not.
+    assert long.cross_count[1] > short.cross_count[1]
+
+
+def test_captures_conditional_half_as_probabilities(random_model):
+    out = generate_batch(
+        random_model, PROMPTS, [1, 2], steps=2, guidance=3.0, capture=CaptureSpec(cross_factors=(1, 2))
+    )
+    maps = out.store.cross_maps()
+    assert set(maps) == {1, 2}
+    assert maps[1].shape == (2, 32, 32, random_model.tokenizer.model_max_length)
+    assert maps[2].shape[1:3] == (16, 16)
+    # Rows are softmax distributions; masked end/padding tokens get no attention.
+    assert torch.allclose(maps[1].sum(-1), torch.ones(2, 32, 32), atol=1e-4)
+    ids = out.input_ids
+    masked = (ids == random_model.tokenizer.eos_token_id) | (ids == random_model.tokenizer.pad_token_id)
+    assert maps[1].permute(0, 3, 1, 2)[masked].abs().max() < 1e-6
+
+
+def test_self_attention_and_step_range(random_model):
+    spec = CaptureSpec(cross_factors=(), self_factors=(2,), step_range=(0.5, 1.0))
+    store = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=spec).store
+    maps = store.self_maps()
+    assert set(maps) == {2} and maps[2].shape == (2, 256, 256)
+    assert torch.allclose(maps[2].sum(-1), torch.ones(2, 256), atol=1e-4)
+    assert not store.cross_sum
+    # Only the second half of the 4 steps: 2 steps x the number of self-attention layers at 16x16.
+    layers = store.self_count[2] // 2
+    full = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=CaptureSpec((), (2,))).store
+    assert full.self_count[2] == 4 * layers
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(cross_factors=(3,)), "powers of two"),
+        (dict(step_range=(0.6, 0.2)), "start < end"),
+    ],
+)
+def test_bad_spec(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CaptureSpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(prompts=[], seeds=[]), "prompts is empty"),
+        (dict(height=30), "height=30 must be a positive multiple of 4"),
+        (dict(seeds=[1]), "one seed per prompt"),
+    ],
+)
+def test_bad_generation_input_fails_before_model_work(random_model, kwargs, message):
+    args = dict(prompts=PROMPTS, seeds=[1, 2], steps=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate_batch(random_model, **args)
+
+
+def test_unknown_scheduler_named(random_model):
+    with pytest.raises(ValueError, match=r"scheduler='warp' is unknown"):
+        load_model(random_model.path, scheduler="warp")
+    assert type(load_model(random_model.path, scheduler="euler").scheduler).__name__ == "EulerDiscreteScheduler"
+
+
+def test_missing_model_folder_says_what_to_give(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no model_index\.json"):
+        load_model(tmp_path)

@@ -1,0 +1,118 @@
+"""Generation end to end: gen.yaml -> samples in a store, the Stable Diffusion folder path, bad input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from synthaug.cli import main as cli
+from synthaug.config import GenerationConfig
+from synthaug.prompts import ObjectTarget, PromptSpec, WordNotInPromptError
+from synthaug.store import SampleStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sd_tiny import make_tiny_sd
+
+VOCAB = {"names": ["background", "cat", "dog", "motorcycle"],
+         "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]]}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    return make_tiny_sd(tmp_path_factory.mktemp("sd"))
+
+
+def _write(tmp_path: Path, **cfg) -> Path:
+    path = tmp_path / "gen.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_stable_diffusion_folder_end_to_end(tiny_sd, tmp_path):
+    """A Stable Diffusion folder (VAE latents, CLIP BPE tokenizer) through the same --model PATH a user gives."""
+    cfg = _write(tmp_path, vocabulary=VOCAB, prompts={"source": "templates", "templates": ["a photo of a {cls}"],
+                                                      "classes_per_prompt": [1, 2]},
+                 steps=2, guidance=7.5, height=64, width=64, num=3, batch_size=2, method="self_refined",
+                 annotator={"cross_factors": [1], "self_factor": 1}, refine="edge")
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "store"), "--model", str(tiny_sd)]) == 0
+    store = SampleStore(tmp_path / "store")
+    assert len(store) == 3
+    for i in range(3):
+        s = store.read(i)
+        assert s.image.shape == (64, 64, 3) and s.mask.shape == (64, 64)
+        assert s.fingerprint["model"] == str(tiny_sd) and s.fingerprint["annotator"] == "self_refined"
+        assert set(s.quality) == {"mean_confidence", "ignore_share", "foreground_share", "objects_found"}
+    # "motorcycle" is three BPE tokens in this tokenizer; its prompt still annotates.
+    assert any("motorcycle" in r["prompt"] for r in store.records)
+
+
+def test_toy_generation_job(tmp_path):
+    cfg = _write(tmp_path, num=4, batch_size=4, steps=3)
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "store")]) == 0
+    store = SampleStore(tmp_path / "store")
+    assert len(store) == 4 and store.read(0).image.shape == (32, 32, 3)
+    assert cli(["verify", str(tmp_path / "store")]) == 0
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    (dict(scheduler="warp"), "scheduler='warp' is unknown"),
+    (dict(height=30), "height=30 must be a positive multiple of 4"),
+    (dict(steps=0), "key 'steps' must be an integer >= 1"),
+    (dict(stepz=3), "unknown key 'stepz'"),
+    (dict(method="magic"), "key 'method' must be one of"),
+    (dict(annotator={"thresh": 0.5}), "annotator.thresh is not a parameter"),
+    (dict(vocabulary=VOCAB, prompts={"source": "templates", "templates": ["a photo"]}), "lack the '{cls}'"),
+])
+def test_bad_config_fails_before_any_model_work(tmp_path, capsys, cfg, message):
+    path = _write(tmp_path, **cfg)
+    assert cli(["generate", "--config", str(path), "--out", str(tmp_path / "store")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()  # nothing was created
+
+
+def test_sd_size_rule_uses_the_vae_factor(tiny_sd, tmp_path, capsys):
+    path = _write(tmp_path, vocabulary=VOCAB, prompts={"source": "templates"}, height=40, width=64)
+    assert cli(["generate", "--config", str(path), "--out", str(tmp_path / "s"), "--model", str(tiny_sd)]) == 2
+    assert "height=40 must be a positive multiple of 16" in capsys.readouterr().err
+
+
+def test_class_not_in_prompt_and_empty_prompts(toy_model):
+    from synthaug.annotators import build_annotator
+    from synthaug.generator import generate_samples
+
+    ann = build_annotator("cross_attention")
+    bad = PromptSpec("a red circle on plain", (ObjectTarget(2, ("square",)),), seed=1)
+    with pytest.raises(WordNotInPromptError, match="'square' is not in the prompt"):
+        next(generate_samples(toy_model, [bad], ann))
+    with pytest.raises(ValueError, match="prompts is empty"):
+        next(generate_samples(toy_model, [], ann))
+
+
+def test_captions_with_classes_appended(tmp_path):
+    cap = tmp_path / "captions.tsv"
+    cap.write_text("a cat sleeping on a sofa\tcat\nmy dog and a motorcycle\tdog,motorcycle\n")
+    cfg = GenerationConfig.from_dict({"vocabulary": VOCAB, "prompts": {"source": "captions", "captions_file": str(cap)},
+                                      "num": 3})
+    specs = cfg.prompt_specs()
+    assert [s.text for s in specs] == ["a cat sleeping on a sofa, cat", "my dog and a motorcycle, dog, motorcycle",
+                                      "a cat sleeping on a sofa, cat"]
+    assert [t.class_id for t in specs[1].targets] == [2, 3]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("no tab here\n")
+    with pytest.raises(ValueError, match="expected 'caption<TAB>class1,class2'"):
+        GenerationConfig.from_dict({"vocabulary": VOCAB, "prompts": {"source": "captions",
+                                                                     "captions_file": str(bad)}}).prompt_specs()
+
+
+def test_template_prompts_use_synonyms_and_balance_classes():
+    vocab = dict(VOCAB, synonyms={"motorcycle": ["motorbike"]})
+    cfg = GenerationConfig.from_dict({"vocabulary": vocab, "prompts": {"source": "templates"}, "num": 6})
+    specs = cfg.prompt_specs()
+    assert [s.text for s in specs[:3]] == ["a photo of a cat", "a photo of a dog", "a photo of a motorbike"]
+    assert specs[2].targets[0].words == ("motorbike",)
+    assert len({s.seed for s in specs}) == 6
+    assert isinstance(np.array([t.class_id for s in specs for t in s.targets]), np.ndarray)

