@@ -6,7 +6,8 @@
 Every variant annotates the same images from one captured generation, so the differences are
 the annotators', not the machine's. The refinement comparison (torch edge-aware vs DenseCRF)
 reports the IoU gain each gives over the unrefined masks, and their time at the toy size and at
-`--refine-size` (maps and image upsampled, as for a 512x512 Stable Diffusion image).
+`--refine-size` (toy scenes drawn at 512x512 with 16x16 stand-in attention maps, scored
+against their exact masks, as for a Stable Diffusion image).
 Writes benchmarks/results/annotators_toy.json.
 """
 
@@ -18,16 +19,14 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from synthaug.annotators import build_annotator
 from synthaug.annotators.refine import refine
 from synthaug.generator import load_model
 from synthaug.toy.evaluate import Variant, evaluate_toy_model, toy_prompts
-from synthaug.toy.world import TOY_VOCABULARY
+from synthaug.toy.world import TOY_VOCABULARY, render_seed
 
 
 def variants(with_crf: bool) -> dict[str, Variant]:
@@ -51,20 +50,41 @@ def variants(with_crf: bool) -> dict[str, Variant]:
     return out
 
 
-def refine_timing(size: int, repeats: int, with_crf: bool) -> dict[str, float]:
-    """Seconds per image for edge (torch) and DenseCRF refinement of 3 object maps at size x size."""
-    rng = np.random.default_rng(0)
-    img = np.array(Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).resize((size, size)))
-    maps = F.interpolate(torch.rand(1, 3, 8, 8), size=(size, size), mode="bilinear")[0]
-    out = {}
-    for method in ("edge", "crf") if with_crf else ("edge",):
-        times = []
-        for _ in range(repeats):
+def refine_at_size(size: int, scenes: int, coarse: int = 16) -> dict[str, dict[str, float]]:
+    """IoU and seconds per image of each refinement of coarse object maps at size x size.
+
+    Toy scenes rendered at `size` stand in for Stable Diffusion images; each object's exact mask,
+    area-averaged to `coarse` x `coarse` and upsampled bilinearly, stands in for its attention map
+    (SD's 16x16 cross-attention). IoU is per object, against its exact mask, averaged.
+    """
+    methods = {"none": ("none", {}), "edge (work 64)": ("edge", {"work_size": 64}),
+               "edge (work 128)": ("edge", {"work_size": 128})}
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+
+        methods["DenseCRF"] = ("crf", {})
+    except ImportError:
+        pass
+    ious: dict[str, list[float]] = {m: [] for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for seed in range(scenes):
+        r = render_seed(seed, size)
+        truth = torch.from_numpy(r.instances).float()[None]
+        maps = F.interpolate(F.adaptive_avg_pool2d(truth, coarse), size=(size, size), mode="bilinear")[0]
+        maps = maps / maps.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+        for name, (method, params) in methods.items():
             t0 = time.perf_counter()
-            refine(maps, img, method)
-            times.append(time.perf_counter() - t0)
-        out[method] = statistics.median(times)
-    return out
+            out = refine(maps, r.image, method, **params)
+            times[name].append(time.perf_counter() - t0)
+            best = torch.cat([0.5 * torch.ones(1, size, size), out]).argmax(0) - 1  # object index, -1 = none
+            for i, m in enumerate(r.instances):
+                if m.any():
+                    pred = (best == i).numpy()
+                    ious[name].append(float((pred & m).sum() / (pred | m).sum()))
+    return {
+        name: {"iou": round(statistics.mean(ious[name]), 3), "s_per_image": round(statistics.median(times[name]), 4)}
+        for name in methods
+    }
 
 
 def main() -> None:
@@ -72,6 +92,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=96)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--refine-size", type=int, default=512)
+    ap.add_argument("--refine-scenes", type=int, default=24)
     args = ap.parse_args()
     try:
         import pydensecrf.densecrf  # noqa: F401
@@ -92,23 +113,27 @@ def main() -> None:
         }
         for name in vs
     }
-    timing_toy = refine_timing(32, 5, with_crf)
-    timing_big = refine_timing(args.refine_size, 3, with_crf)
+    at_size = refine_at_size(args.refine_size, args.refine_scenes)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "images": args.num,
         "steps": args.steps,
         "generation_s_per_image": round(ev.seconds_per_image, 3),
         "annotators": rows,
-        "refine_s_per_image_32": {k: round(v, 5) for k, v in timing_toy.items()},
-        f"refine_s_per_image_{args.refine_size}": {k: round(v, 4) for k, v in timing_big.items()},
+        f"refine_at_{args.refine_size}": at_size,
     }
     if with_crf:
+        edge = at_size["edge (work 64)"]
         result["edge_vs_crf"] = {
-            "iou_gain_edge": round(ev.miou["cross_attention + edge"] - base, 3),
-            "iou_gain_crf": round(ev.miou["cross_attention + DenseCRF"] - base, 3),
-            "time_ratio_crf_over_edge_32": round(timing_toy["crf"] / timing_toy["edge"], 2),
-            f"time_ratio_crf_over_edge_{args.refine_size}": round(timing_big["crf"] / timing_big["edge"], 2),
+            "toy_iou_gain_edge": round(ev.miou["cross_attention + edge"] - base, 3),
+            "toy_iou_gain_crf": round(ev.miou["cross_attention + DenseCRF"] - base, 3),
+            "toy_ms_edge": rows["cross_attention + edge"]["annotate_ms_per_image"],
+            "toy_ms_crf": rows["cross_attention + DenseCRF"]["annotate_ms_per_image"],
+            f"iou_gain_edge_{args.refine_size}": round(edge["iou"] - at_size["none"]["iou"], 3),
+            f"iou_gain_crf_{args.refine_size}": round(at_size["DenseCRF"]["iou"] - at_size["none"]["iou"], 3),
+            f"time_ratio_crf_over_edge_{args.refine_size}": round(
+                at_size["DenseCRF"]["s_per_image"] / edge["s_per_image"], 2
+            ),
         }
     print(f"{args.num} toy images, DDIM {args.steps} steps; mIoU against colour truth (ignore pixels left out)")
     print(f"{'annotator':<40} {'mIoU':>6} {'ms/img':>8}   " + " ".join(f"{n:>10}" for n in TOY_VOCABULARY.names))

@@ -31,10 +31,22 @@ def _iou(a, b):
 def test_edge_refine_snaps_to_the_colour_edge():
     img, truth, maps = _blurry_square()
     before = _iou(maps[0].numpy() >= 0.5, truth)
-    after_maps = edge_refine(maps, img, EdgeRefineParams(iterations=8, window=5, dilation=2))
+    after_maps = edge_refine(maps, img, EdgeRefineParams())
     after = _iou(after_maps[0].numpy() >= 0.5, truth)
     assert after > before + 0.05 and after > 0.9, (before, after)
     assert after_maps.shape == maps.shape and after_maps.min() >= 0 and after_maps.max() <= 1
+
+
+def test_edge_refine_above_its_working_size_snaps_at_full_resolution():
+    """At 256 px the mean field runs at 64 px and guided upsampling restores the full-resolution edge."""
+    img, truth, maps = _blurry_square()
+    big = np.kron(img, np.ones((8, 8, 1), np.uint8))
+    big_truth = np.kron(truth, np.ones((8, 8), bool))
+    coarse = torch.nn.functional.interpolate(maps[None], size=(256, 256), mode="bilinear")[0]
+    before = _iou(coarse[0].numpy() >= 0.5, big_truth)
+    out = edge_refine(coarse, big, EdgeRefineParams(work_size=64))
+    after = _iou(out[0].numpy() >= 0.5, big_truth)
+    assert out.shape == (1, 256, 256) and after > before + 0.05 and after > 0.95, (before, after)
 
 
 def test_crf_refine_when_installed():

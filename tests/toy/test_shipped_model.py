@@ -44,7 +44,7 @@ def test_generates_8_images_on_the_cpu(toy_model):
 def evaluation(toy_model):
     variants = {
         "cross": Variant(build_annotator("cross_attention", {"factors": [1, 2]})),
-        "self_refined": Variant(build_annotator("self_refined", {"cross_factors": [2], "self_factor": 1})),
+        "self_refined": Variant(build_annotator("self_refined", {"cross_factors": [2], "self_factor": 2})),
         "cross+edge": Variant(build_annotator("cross_attention", {"factors": [1, 2]}), refine="edge"),
     }
     return evaluate_toy_model(toy_model, toy_prompts(32, seed=500), steps=25, guidance=3.0, variants=variants)
