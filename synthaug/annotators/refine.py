@@ -25,21 +25,24 @@ REFINERS = ("none", "edge", "crf")
 
 @dataclass(frozen=True)
 class EdgeRefineParams:
-    """Guided-filter mean field: iterations, filter radius and eps (at working size), Potts weight, working size.
+    """Guided-filter mean field: iterations, filter radius (share of the working side), eps, Potts weight, working size.
 
-    work_size 64 matches the finest attention maps of SD at 512x512 (64x64 latents); radius 3, eps 1e-3
-    and compat 8 were the best of a sweep on the toy model (benchmarks/annotators_toy.py).
+    work_size 64 matches the finest attention maps of SD at 512x512 (64x64 latents). A radius of 0.1 of
+    the side (3 px at 32), eps 1e-3 and compat 8 were the best of a sweep on the toy model
+    (benchmarks/annotators_toy.py); a relative radius behaves the same at every working size.
     """
 
     iterations: int = 5
-    radius: int = 3
+    radius: float = 0.1
     eps: float = 1e-3
     compat: float = 8.0
     work_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.radius < 1 or self.iterations < 1 or self.work_size < 8:
-            raise ValueError("radius and iterations must be >= 1, work_size >= 8")
+        if not 0 < self.radius <= 0.5 or self.iterations < 1 or self.work_size < 8:
+            raise ValueError(
+                f"need 0 < radius <= 0.5 (a share of the side, got {self.radius}), iterations >= 1, work_size >= 8"
+            )
         if self.eps <= 0:
             raise ValueError(f"eps={self.eps} must be > 0 (it keeps the filter well-posed in flat regions)")
 
@@ -122,7 +125,7 @@ def edge_refine(
     unary = torch.log(with_background(maps.float()))[None]
     if (h, w) != (H, W):
         unary = F.interpolate(unary, size=(h, w), mode="area")
-    gf = GuidedFilter(small, p.radius, p.eps)
+    gf = GuidedFilter(small, max(1, round(p.radius * max(h, w))), p.eps)
     q = unary.softmax(1)
     for _ in range(p.iterations):
         q = (unary + p.compat * gf(q)).softmax(1)
