@@ -62,3 +62,24 @@ def test_fidelity_clears_its_floor(evaluation):
 def test_annotator_miou_clears_its_floor(evaluation, name):
     print(name, evaluation.miou[name], evaluation.per_class_iou[name])
     assert evaluation.miou[name] >= FLOORS[name], (evaluation.miou[name], MEASURED[name])
+
+
+@pytest.mark.slow
+def test_instances_match_the_objects_named(toy_model):
+    """Prompts whose objects have distinct shapes: one instance per named object, of its class.
+
+    Measured 2026-11-22 on these 32 prompts (seed 700), cross f1+f2 + edge, min area 1%: the count
+    matches in 0.81 of images and the classes match in 0.78; floors 0.10 below.
+    """
+    from synthaug.generator import generate_samples
+    from synthaug.toy.world import TOY_VOCABULARY
+
+    prompts = [p for p in toy_prompts(80, seed=700) if len({o.shape for o in p.objects}) == len(p.objects)][:32]
+    cross = build_annotator("cross_attention", {"factors": [1, 2]})
+    samples = list(generate_samples(toy_model, [p.to_spec() for p in prompts], cross, refine_method="edge",
+                                    batch_size=16, steps=25, guidance=3.0, min_instance_area=0.01))
+    count = sum(len(s.instances) == len(p.objects) for s, p in zip(samples, prompts)) / len(prompts)
+    named = [sorted(TOY_VOCABULARY.id_of(o.shape) for o in p.objects) for p in prompts]
+    classes = sum(sorted(i.class_id for i in s.instances) == n for s, n in zip(samples, named)) / len(prompts)
+    print({"count_match": count, "class_match": classes})
+    assert count >= 0.71 and classes >= 0.68, (count, classes)
