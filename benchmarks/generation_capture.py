@@ -52,7 +52,7 @@ def make_sd15_random(path: Path) -> Path:
     from synthaug.toy.model import build_tokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel()  # the defaults are SD 1.5's: 320/640/1280/1280, 768-d cross-attention
+    unet = UNet2DConditionModel(sample_size=64)  # the defaults are SD 1.5's: 320/640/1280/1280, 768-d cross-attention
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,

@@ -216,6 +216,16 @@ class ReadStats:
     corrupt: dict[str, str] = field(default_factory=dict)
 
 
+def record_segment(record: dict[str, Any]) -> str:
+    """The segment a record was written to (its image lives in segments/<segment>/)."""
+    return record["image"].split("/")[1]
+
+
+def record_position(record: dict[str, Any]) -> int:
+    """The record's position in its segment: the writer's running count, the suffix of its id."""
+    return int(record["id"].rsplit("-", 1)[1])
+
+
 class SampleStore:
     """Read access to a store: records in arrival order per segment, incremental refresh, fast reads."""
 
@@ -291,7 +301,10 @@ class SampleStore:
 
     def read(self, index: int) -> Sample:
         """Decode sample `index`; raises CorruptSampleError if its files are missing or broken."""
-        rec = self.records[index]
+        return self.read_record(self.records[index])
+
+    def read_record(self, rec: dict[str, Any]) -> Sample:
+        """Decode the sample of manifest record `rec`; raises CorruptSampleError if its files are broken."""
         try:
             with Image.open(self.root / rec["image"]) as im:
                 image = np.asarray(im.convert("RGB"))
@@ -321,11 +334,23 @@ class SampleStore:
 
     def try_read(self, index: int) -> Sample | None:
         """Like read(), but a corrupt sample is counted in `stats.corrupt` and None is returned."""
+        return self.try_read_record(self.records[index])
+
+    def try_read_record(self, rec: dict[str, Any]) -> Sample | None:
+        """Like read_record(), but a corrupt sample is counted in `stats.corrupt` and None is returned."""
         try:
-            return self.read(index)
+            return self.read_record(rec)
         except CorruptSampleError as err:
             self.stats.corrupt[err.sample_id] = err.reason
             return None
+
+    def snapshot(self) -> dict[str, int]:
+        """The records adopted so far, as {segment: count}: the same list on every reader that adopts it."""
+        out: dict[str, int] = {}
+        for rec in self.records:
+            seg, pos = record_segment(rec), record_position(rec)
+            out[seg] = max(out.get(seg, 0), pos + 1)
+        return out
 
     def select(
         self,

@@ -1,0 +1,395 @@
+"""SyntheticMixDataset: the user's real dataset plus synthetic samples from a store, at a chosen ratio.
+
+How an epoch is laid out. With ``n`` real samples and ratio ``r`` (the expected share of synthetic
+samples), the mix has ``n + m`` indices where ``m = round(n * r / (1 - r))``: indices ``0..n-1`` are
+the real samples in their own order (so real data keeps its epoch semantics: each is seen once),
+and ``n..n+m-1`` are synthetic slots. Your sampler shuffles them as it always does. Synthetic slot
+k of epoch e holds pool sample ``pool.assignment(m, e, seed)[k]``, so what index i serves is a pure
+function of (i, epoch, seed, pool snapshot): every rank and worker agrees, and a resumed run that
+sets the same epoch replays the same plan.
+
+With a ratio schedule the length is fixed by the largest ratio; while the scheduled ratio is
+lower, the surplus synthetic slots serve real samples (drawn from a seeded per-epoch
+permutation), so the served synthetic share follows the schedule.
+
+The pool grows with ``refresh()``: rank 0 takes a snapshot of the store, broadcasts it, and every
+rank adopts it; DataLoader workers (persistent or not) pick it up through shared memory at their
+next item. Corrupt samples are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthaug.augment import MixAugment
+from synthaug.pool import EmptyPoolError, PoolParams, SyntheticPool
+from synthaug.sample import Instance, Sample
+from synthaug.store import SampleStore
+from synthaug.vocabulary import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped")
+_MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
+_SNAPSHOT_BYTES = 1 << 18
+_MAX_CORRUPT_RETRIES = 16
+
+
+def synthetic_count(n_real: int, ratio: float) -> int:
+    """Synthetic slots per epoch for `n_real` real samples at expected synthetic share `ratio`."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio={ratio} must be in [0, 1): it is the expected share of synthetic samples")
+    return round(n_real * ratio / (1.0 - ratio))
+
+
+@dataclass(frozen=True)
+class RatioSchedule:
+    """The synthetic share over training iterations: constant, or linear from `start` to `end` over `iterations`."""
+
+    start: float
+    end: float | None = None
+    iterations: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            v = getattr(self, name)
+            key = "ratio" if self.end is None else f"ratio {name}"
+            if v is not None and not 0.0 <= v < 1.0:
+                raise ValueError(f"{key}={v} must be in [0, 1): it is the expected share of synthetic samples")
+        if self.end is not None and self.iterations < 1:
+            raise ValueError("a linear ratio schedule needs iterations >= 1")
+
+    @classmethod
+    def parse(cls, value: float | Mapping[str, Any] | RatioSchedule) -> RatioSchedule:
+        """A float, or {'type': 'linear', 'start': 0.5, 'end': 0.1, 'iterations': 10000}."""
+        if isinstance(value, RatioSchedule):
+            return value
+        if isinstance(value, Mapping):
+            cfg = dict(value)
+            kind = cfg.pop("type", "linear")
+            if kind != "linear" or set(cfg) - {"start", "end", "iterations"}:
+                raise ValueError(
+                    f"ratio={dict(value)}: give a number, or dict(type='linear', start=..., end=..., iterations=...)"
+                )
+            return cls(float(cfg["start"]), float(cfg["end"]), int(cfg["iterations"]))
+        return cls(float(value))
+
+    @property
+    def max(self) -> float:
+        return self.start if self.end is None else max(self.start, self.end)
+
+    def __call__(self, iteration: int) -> float:
+        if self.end is None:
+            return self.start
+        t = min(max(iteration, 0) / self.iterations, 1.0)
+        return self.start + (self.end - self.start) * t
+
+
+class _SharedState:
+    """Epoch, iteration, counters and the adopted snapshot, in shared memory so that DataLoader workers see them."""
+
+    def __init__(self) -> None:
+        self.clock = torch.zeros(3, dtype=torch.int64).share_memory_()  # epoch, iteration, snapshot generation
+        self.counters = torch.zeros(_MAX_PROCS, len(COUNTERS), dtype=torch.int64).share_memory_()
+        self.snapshot = torch.zeros(_SNAPSHOT_BYTES, dtype=torch.uint8).share_memory_()
+        self.snapshot_len = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def publish(self, snapshot: Mapping[str, int]) -> int:
+        data = json.dumps(dict(sorted(snapshot.items()))).encode()
+        if len(data) > _SNAPSHOT_BYTES:
+            raise ValueError(f"the store has too many segments ({len(snapshot)}) to share; merge some segments")
+        self.snapshot[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self.snapshot_len[0] = len(data)
+        self.clock[2] += 1
+        return int(self.clock[2])
+
+    def read_snapshot(self) -> dict[str, int]:
+        n = int(self.snapshot_len[0])
+        return json.loads(bytes(self.snapshot[:n].numpy())) if n else {}
+
+
+def _proc_row() -> int:
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else 1 + info.id % (_MAX_PROCS - 1)
+
+
+class SyntheticMixDataset:
+    """The real dataset's samples plus synthetic ones from a store (see the module docstring for the plan).
+
+    real: any sequence (len + getitem), returned item by item unchanged.
+    synthetic: a store path or SampleStore. ratio: float in [0, 1), or a RatioSchedule / its dict.
+    seed: the plan's seed. policy, min_quality, max_repeats: how synthetic samples are drawn (PoolParams).
+    augment: MixAugment or its dict: splice and blur, synthetic only unless to_real.
+    real_classes: the real dataset's class names, checked against the store's; class_map:
+    {synthetic name: real id or None (-> ignore)} admits a store made with other names.
+    synthetic_transform: turns a Sample into the item your pipeline expects (integrations set this).
+    real_to_sample / sample_to_real: let splice paste and blur act on real items too (optional).
+    empty: 'error' (default) fails at start if the pool is empty; 'wait' waits up to wait_timeout s.
+    """
+
+    def __init__(
+        self,
+        real: Sequence[Any],
+        synthetic: str | Path | SampleStore | None,
+        ratio: float | Mapping[str, Any] | RatioSchedule = 0.25,
+        seed: int = 0,
+        policy: str = "uniform",
+        min_quality: Mapping[str, float] | None = None,
+        max_repeats: int | None = None,
+        augment: MixAugment | Mapping[str, Any] | None = None,
+        real_classes: Sequence[str] | None = None,
+        class_map: Mapping[str, int | None] | None = None,
+        synthetic_transform: Callable[[Sample], Any] | None = None,
+        real_to_sample: Callable[[Any], Sample] | None = None,
+        sample_to_real: Callable[[Sample, Any], Any] | None = None,
+        empty: str = "error",
+        wait_timeout: float = 600.0,
+    ) -> None:
+        self.real = real
+        self.schedule = RatioSchedule.parse(ratio)
+        self.seed = int(seed)
+        self.n_real = len(real)
+        if self.n_real == 0:
+            raise ValueError("the real dataset is empty: SyntheticMixDataset mixes into real data, give some")
+        self.n_synthetic = synthetic_count(self.n_real, self.schedule.max)
+        if empty not in ("error", "wait"):
+            raise ValueError(f"empty={empty!r}: use 'error' (fail at start) or 'wait' (wait up to wait_timeout s)")
+        self.augment = augment if isinstance(augment, MixAugment) or augment is None else MixAugment.from_dict(augment)
+        self.synthetic_transform = synthetic_transform
+        self.real_to_sample, self.sample_to_real = real_to_sample, sample_to_real
+        self.state = _SharedState()
+        self._generation = 0
+        self.pool: SyntheticPool | None = None
+        self._lut: np.ndarray | None = None
+        self._real_perm: tuple[int, np.ndarray] | None = None
+        if self.n_synthetic == 0:
+            return
+        if synthetic is None:
+            raise ValueError(f"ratio={self.schedule.max} > 0 needs a synthetic store; give its path")
+        params = PoolParams(policy, dict(min_quality or {}), max_repeats)
+        self.pool = SyntheticPool(synthetic if isinstance(synthetic, SampleStore) else str(synthetic), params)
+        self._lut = self._class_lut(real_classes, class_map)
+        self.refresh()
+        if len(self.pool) == 0:
+            self._wait_or_fail(empty, wait_timeout)
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def _class_lut(self, real_classes: Sequence[str] | None, class_map: Mapping[str, int | None] | None):
+        assert self.pool is not None
+        voc = self.pool.store.vocabulary
+        if class_map is None:
+            if real_classes is not None:
+                voc.check_same(list(real_classes), what="the real dataset")
+            return None
+        unknown = sorted(set(class_map) - set(voc.names))
+        missing = [n for n in voc.names if n not in class_map]
+        if unknown or missing:
+            raise ValueError(
+                f"class_map must name every class of the store exactly: store classes {list(voc.names)}; "
+                f"unknown in class_map: {unknown}; missing from class_map: {missing} (map a class to None to ignore it)"
+            )
+        n_real = len(real_classes) if real_classes is not None else 255
+        lut = np.full(256, IGNORE_INDEX, np.uint8)
+        for name, rid in class_map.items():
+            if rid is not None and not 0 <= int(rid) < n_real:
+                raise ValueError(f"class_map[{name!r}]={rid} is not a real class id (0..{n_real - 1})")
+            lut[voc.id_of(name)] = IGNORE_INDEX if rid is None else int(rid)
+        return lut
+
+    def _wait_or_fail(self, empty: str, timeout: float) -> None:
+        assert self.pool is not None
+        where = self.pool.store.root
+        if empty == "wait":
+            deadline = time.monotonic() + timeout
+            log.info("synthaug: waiting up to %.0f s for samples in %s", timeout, where)
+            while len(self.pool) == 0 and time.monotonic() < deadline:
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                self.refresh()
+            if len(self.pool):
+                return
+        raise EmptyPoolError(
+            f"the synthetic store {where} has no samples"
+            + (f" with quality >= {dict(self.pool.params.min_quality)}" if self.pool.params.min_quality else "")
+            + f" after {timeout:.0f} s of waiting" * (empty == "wait")
+            + ", but ratio > 0 needs some. Generate some (`synthaug generate --config gen.yaml --out "
+            f"{where}`), set ratio=0, or pass empty='wait' with wait_timeout=SECONDS to wait for a producer."
+        )
+
+    # ------------------------------------------------------------------------------------------ the plan
+
+    def __len__(self) -> int:
+        return self.n_real + self.n_synthetic
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state.clock[0])
+
+    @property
+    def iteration(self) -> int:
+        return int(self.state.clock[1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's plan (samplers and hooks call this; workers see it at once)."""
+        self.state.clock[0] = int(epoch)
+
+    def set_iteration(self, iteration: int) -> None:
+        """Tell the ratio schedule where training is (the integrations' hooks call this)."""
+        self.state.clock[1] = int(iteration)
+
+    def active_synthetic(self, iteration: int | None = None) -> int:
+        """How many synthetic slots serve synthetic samples at `iteration` (all of them without a schedule)."""
+        r = self.schedule(self.iteration if iteration is None else iteration)
+        if r >= self.schedule.max:
+            return self.n_synthetic
+        return min(self.n_synthetic, round(r * len(self)))
+
+    def locate(self, index: int, epoch: int | None = None, iteration: int | None = None) -> tuple[str, int]:
+        """('real', real index) or ('synthetic', pool index) for `index`: a pure function of its arguments,
+        the seed and the adopted snapshot."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a mix of {len(self)}")
+        epoch = self.epoch if epoch is None else epoch
+        if index < self.n_real:
+            return "real", index
+        k = index - self.n_real
+        active = self.active_synthetic(iteration)
+        if k >= active:
+            return "real", int(self._real_permutation(epoch)[(k - active) % self.n_real])
+        assert self.pool is not None
+        return "synthetic", int(self.pool.assignment(self.n_synthetic, epoch, self.seed)[k])
+
+    def _real_permutation(self, epoch: int) -> np.ndarray:
+        if self._real_perm is None or self._real_perm[0] != epoch:
+            self._real_perm = (epoch, np.random.default_rng([self.seed, epoch, 0xEA1]).permutation(self.n_real))
+        return self._real_perm[1]
+
+    # ------------------------------------------------------------------------------------------ the pool
+
+    def refresh(self) -> int:
+        """Adopt a new snapshot of the store (rank 0's, broadcast to every rank); returns the pool size.
+
+        Call it on every rank at the same iteration (the integrations' hooks do).
+        """
+        if self.pool is None:
+            return 0
+        snapshot = self.pool.current_snapshot()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [snapshot]
+            torch.distributed.broadcast_object_list(box, src=0)
+            snapshot = box[0]
+        size = self.pool.adopt(snapshot)
+        self._generation = self.state.publish(snapshot)
+        return size
+
+    def _sync(self) -> None:
+        """In a DataLoader worker: adopt the snapshot the main process published, if it changed."""
+        gen = int(self.state.clock[2])
+        if gen != self._generation and self.pool is not None:
+            self.pool.adopt(self.state.read_snapshot())
+            self._generation = gen
+
+    @property
+    def pool_size(self) -> int:
+        return len(self.pool) if self.pool is not None else 0
+
+    # ------------------------------------------------------------------------------------------ items
+
+    def __getitem__(self, index: int) -> Any:
+        self._sync()
+        kind, j = self.locate(index)
+        row = self.state.counters[_proc_row()]
+        if kind == "real":
+            row[0] += 1
+            return self._real_item(index, j)
+        row[1] += 1
+        epoch = self.epoch
+        sample = self._read_synthetic(j, index, epoch, row)
+        rng = np.random.default_rng([self.seed, epoch, index, 0xA06])
+        if self.augment is not None:
+            draw = self._drawer(rng, index, epoch, row)
+            if self.augment.splice is not None:
+                sample = self.augment.splice.grid(sample, rng, draw)
+            if self.augment.blur is not None:
+                sample = self.augment.blur(sample, rng)
+        return self.synthetic_transform(sample) if self.synthetic_transform else sample
+
+    def _real_item(self, index: int, j: int) -> Any:
+        item = self.real[j]
+        aug = self.augment
+        if aug is None or not aug.to_real or self.real_to_sample is None or self.sample_to_real is None:
+            return item
+        rng = np.random.default_rng([self.seed, self.epoch, index, 0xA07])
+        sample = self.real_to_sample(item)
+        if aug.splice is not None and self.pool is not None and len(self.pool):
+            sample = aug.splice.paste(sample, rng, self._drawer(rng, index, self.epoch, self.state.counters[0]))
+        if aug.blur is not None:
+            sample = aug.blur(sample, rng)
+        return self.sample_to_real(sample, item)
+
+    def _drawer(self, rng: np.random.Generator, index: int, epoch: int, row: torch.Tensor):
+        def draw(n: int) -> list[Sample]:
+            assert self.pool is not None
+            picks = rng.integers(0, len(self.pool), size=n)
+            return [self._read_synthetic(int(p), index, epoch, row) for p in picks]
+
+        return draw
+
+    def _read_synthetic(self, j: int, index: int, epoch: int, row: torch.Tensor) -> Sample:
+        """Pool sample j, or (if corrupt: skipped and counted) a seeded substitute."""
+        assert self.pool is not None
+        for attempt in range(_MAX_CORRUPT_RETRIES):
+            sample = self.pool.read(j)
+            if sample is not None:
+                return self._map_classes(sample)
+            row[2] += 1
+            log.warning("synthaug: skipped corrupt synthetic sample %s", self.pool.records[j]["id"])
+            j = int(np.random.default_rng([self.seed, epoch, index, attempt, 0xC0]).integers(len(self.pool)))
+        raise RuntimeError(
+            f"{_MAX_CORRUPT_RETRIES} synthetic samples in a row were corrupt in {self.pool.store.root}: "
+            f"run `synthaug verify {self.pool.store.root} --repair` to quarantine them"
+        )
+
+    def _map_classes(self, sample: Sample) -> Sample:
+        if self._lut is None:
+            return sample
+        lut = self._lut
+        instances = [
+            Instance(int(lut[i.class_id]), i.rle, i.bbox, i.area, i.score)
+            for i in sample.instances
+            if lut[i.class_id] != IGNORE_INDEX
+        ]
+        return Sample(
+            sample.image,
+            lut[sample.mask],
+            instances,
+            sample.prompt,
+            sample.seed,
+            sample.quality,
+            sample.fingerprint,
+            sample.id,
+        )
+
+    # ------------------------------------------------------------------------------------------ counters
+
+    def counters(self) -> dict[str, float]:
+        """Served real and synthetic samples, corrupt samples skipped, pool size, repeats this epoch, and the share."""
+        total = self.state.counters.sum(0).tolist()
+        out: dict[str, float] = dict(zip(COUNTERS, total))
+        out["pool_size"] = self.pool_size
+        if self.pool is not None and len(self.pool) and self.n_synthetic:
+            plan = self.pool.assignment(self.n_synthetic, self.epoch, self.seed)[: self.active_synthetic()]
+            out["repeats"] = int(len(plan) - len(np.unique(plan)))
+        served = out["served_real"] + out["served_synthetic"]
+        out["synthetic_share"] = out["served_synthetic"] / served if served else math.nan
+        return out
