@@ -1,26 +1,36 @@
-"""The README's main job on the built-in toy model: generate, annotate from attention, score, show.
+"""The README's main job on the built-in toy model: generate, annotate from attention, score, store, mix, show.
 
 It generates toy-world prompts with the shipped model, turns captured cross-attention into
-masks, scores images and masks against the colour truth, prints a table, and writes a
-contact sheet (image | mask overlay | colour truth per sample) and a JSON report.
+masks (raw, and refined by the edge-aware refinement), scores images and masks against the
+colour truth, writes the refined samples into a store with an HTML gallery, serves one epoch of
+a SyntheticMixDataset over a few real toy images and that store, prints a table, and writes a
+contact sheet (image | mask | colour truth per sample) and a JSON report.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from synthaug.annotators.instances import instances_from_mask
+from synthaug.gallery import write_gallery
 from synthaug.generator import load_model
-from synthaug.toy.evaluate import cross_variant, evaluate_toy_model, toy_prompts
+from synthaug.mix import SyntheticMixDataset
+from synthaug.sample import Sample
+from synthaug.store import StoreWriter, create_store
+from synthaug.toy.evaluate import Variant, cross_variant, evaluate_toy_model, toy_prompts
 from synthaug.toy.score import semantic_truth
-from synthaug.toy.world import TOY_VOCABULARY
+from synthaug.toy.world import TOY_VOCABULARY, render_seed
 from synthaug.visualize import colour_mask, contact_sheet
 
 RECIPE = "cross-attention (16x16 maps, colour+shape words)"
+REFINED = "cross-attention + edge refinement"
+MIX_RATIO = 0.3
 
 
 def run_demo(
@@ -33,9 +43,15 @@ def run_demo(
     m = load_model(model)
     prompts = toy_prompts(num, seed=seed)
     print(f"[demo] generating {num} images ({steps} steps, guidance {guidance}) with attention capture", flush=True)
-    ev = evaluate_toy_model(m, prompts, steps=steps, guidance=guidance, variants={RECIPE: cross_variant((2,))})
+    raw = cross_variant((2,))
+    variants = {RECIPE: raw, REFINED: Variant(raw.annotator, raw.words, refine="edge")}
+    ev = evaluate_toy_model(m, prompts, steps=steps, guidance=guidance, variants=variants)
+    store = write_store(out / "store", m, prompts, ev.images, ev.masks[REFINED], steps, guidance)
+    gallery = write_gallery(store, out / "gallery")
+    print(f"[demo] {num} samples in store {store}; gallery {gallery}", flush=True)
+    served = serve_one_epoch(store)
     tiles = []
-    for p, img, mask in zip(prompts, ev.images, ev.masks[RECIPE]):
+    for p, img, mask in zip(prompts, ev.images, ev.masks[REFINED]):
         truth = semantic_truth(img, p.objects)
         tiles += [
             img,
@@ -52,14 +68,43 @@ def run_demo(
         "fidelity_colour_and_shape": round(ev.fidelity, 3),
         "fidelity_colour": round(ev.colour_fidelity, 3),
         "mask_miou_vs_colour_truth": round(ev.miou[RECIPE], 3),
-        "per_class_iou": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[RECIPE])),
+        "refined_miou_vs_colour_truth": round(ev.miou[REFINED], 3),
+        "per_class_iou": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[REFINED])),
+        "mix_epoch": served,
         "seconds_per_image": round(ev.seconds_per_image, 3),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
-    print(f"[demo] contact sheet (image | attention mask | colour truth): {out / 'contact_sheet.png'}")
+    print(f"[demo] contact sheet (image | refined mask | colour truth): {out / 'contact_sheet.png'}")
     return report
+
+
+def write_store(path: Path, model, prompts, images, masks, steps: int, guidance: float) -> Path:
+    """The demo's annotated samples as a store (instances from the masks), as `synthaug generate` writes them."""
+    if path.exists():
+        shutil.rmtree(path)
+    create_store(path, TOY_VOCABULARY)
+    fingerprint = {**model.fingerprint(), "steps": steps, "guidance": guidance, "annotator": REFINED}
+    with StoreWriter(path, "demo", fsync=False) as writer:
+        for p, img, mask in zip(prompts, images, masks):
+            writer.add(Sample(img, mask, instances_from_mask(mask, 0.01), p.caption, p.seed, fingerprint=fingerprint))
+    return path
+
+
+def serve_one_epoch(store: Path, n_real: int = 20) -> dict:
+    """One epoch of a SyntheticMixDataset over `n_real` real toy images and the store; its counters."""
+    real = [render_seed(900_000 + i, 32).to_sample() for i in range(n_real)]
+    mix = SyntheticMixDataset(real, store, ratio=MIX_RATIO, seed=0)
+    for i in range(len(mix)):
+        mix[i]
+    c = mix.counters()
+    print(
+        f"[demo] mix at ratio {MIX_RATIO}: one epoch served {c['served_real']} real + "
+        f"{c['served_synthetic']} synthetic samples (share {c['synthetic_share']:.3f}), pool {c['pool_size']}",
+        flush=True,
+    )
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items()}
 
 
 def print_table(report: dict) -> None:
@@ -67,7 +112,9 @@ def print_table(report: dict) -> None:
         ("objects drawn in the right colour", report["fidelity_colour"]),
         ("... and the right shape", report["fidelity_colour_and_shape"]),
         ("attention-mask mIoU vs colour truth", report["mask_miou_vs_colour_truth"]),
-        *[(f"  IoU {name}", iou) for name, iou in report["per_class_iou"].items()],
+        ("... with edge refinement", report["refined_miou_vs_colour_truth"]),
+        *[(f"  IoU {name} (refined)", iou) for name, iou in report["per_class_iou"].items()],
+        ("mix epoch: synthetic share served", report["mix_epoch"]["synthetic_share"]),
         ("seconds per image (CPU)", report["seconds_per_image"]),
         ("wall time, s", report["wall_seconds"]),
     ]
