@@ -57,8 +57,11 @@ def refine_at_size(size: int, scenes: int, coarse: int = 16) -> dict[str, dict[s
     area-averaged to `coarse` x `coarse` and upsampled bilinearly, stands in for its attention map
     (SD's 16x16 cross-attention). IoU is per object, against its exact mask, averaged.
     """
-    methods = {"none": ("none", {}), "edge (work 64)": ("edge", {"work_size": 64}),
-               "edge (work 128)": ("edge", {"work_size": 128})}
+    methods = {
+        "none": ("none", {}),
+        "edge (work 64)": ("edge", {"work_size": 64}),
+        "edge (work 128)": ("edge", {"work_size": 128}),
+    }
     try:
         import pydensecrf.densecrf  # noqa: F401
 

@@ -107,7 +107,9 @@ def main() -> None:
         real = FolderDataset(root / "real", "train")
         loaders = {
             "real only": Transformed(real, CropFlip()),
-            "mix, no augment": Transformed(SyntheticMixDataset(real, store, ratio=args.ratio, augment=None), CropFlip()),
+            "mix, no augment": Transformed(
+                SyntheticMixDataset(real, store, ratio=args.ratio, augment=None), CropFlip()
+            ),
             "mix + splice/blur": Transformed(SyntheticMixDataset(real, store, ratio=args.ratio), CropFlip()),
         }
         runs: dict[str, list[float]] = {k: [] for k in loaders}

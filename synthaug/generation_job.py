@@ -27,13 +27,23 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     create_store(out, vocab, image_format=cfg.image_format)
     model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
     samples = generate_samples(
-        model, specs, annotator, refine_method=cfg.refine, refine_params=cfg.refine_params,
-        batch_size=cfg.batch_size, steps=cfg.steps, guidance=cfg.guidance, height=cfg.height, width=cfg.width,
+        model,
+        specs,
+        annotator,
+        refine_method=cfg.refine,
+        refine_params=cfg.refine_params,
+        batch_size=cfg.batch_size,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        height=cfg.height,
+        width=cfg.width,
         min_instance_area=cfg.min_instance_area,
     )
     written = 0
-    with StoreWriter(out, segment=cfg.segment) as writer, tqdm(total=len(specs), desc="generate", unit="img",
-                                                                disable=not progress) as bar:
+    with (
+        StoreWriter(out, segment=cfg.segment) as writer,
+        tqdm(total=len(specs), desc="generate", unit="img", disable=not progress) as bar,
+    ):
         for sample in samples:
             writer.add(sample)
             written += 1

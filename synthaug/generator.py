@@ -186,7 +186,11 @@ def check_size(multiple: int, height: int | None, width: int | None) -> None:
 def check_size_before_load(path: str | Path | None, height: int | None, width: int | None) -> None:
     """The size check of `check_generation_inputs`, from the model folder's config files alone."""
     path = Path(path) if path is not None else default_model_path()
-    index_file, unet_file, vae_file = path / "model_index.json", path / "unet" / "config.json", path / "vae" / "config.json"
+    index_file, unet_file, vae_file = (
+        path / "model_index.json",
+        path / "unet" / "config.json",
+        path / "vae" / "config.json",
+    )
     if not (index_file.is_file() and unet_file.is_file()):
         return  # load_model will say what is missing
     index = json.loads(index_file.read_text())

@@ -65,8 +65,12 @@ def interior(mask: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(samples(max_side=20), min_size=9, max_size=9), st.sampled_from([(1, 2), (2, 2), (3, 3)]),
-       st.integers(60, 90), st.integers(60, 90))
+@given(
+    st.lists(samples(max_side=20), min_size=9, max_size=9),
+    st.sampled_from([(1, 2), (2, 2), (3, 3)]),
+    st.integers(60, 90),
+    st.integers(60, 90),
+)
 def test_grid_keeps_image_and_mask_aligned(tiles, layout, h, w):
     """Tiles enlarged into their cells: away from label changes each pixel has its label's colour.
     (Shrinking blurs sub-pixel details into the image that a nearest-resized mask cannot keep.)"""
@@ -115,8 +119,11 @@ def test_paste_keeps_alignment_and_uncovered_ignore(target, source, scale, dy, d
 @settings(max_examples=40, deadline=None)
 @given(samples(), st.floats(0.3, 3.0), st.integers(2, 9), st.floats(0, 180), st.integers(1, 3))
 def test_blurs_change_only_the_image(sample, sigma, length, angle, width):
-    for image in (gaussian_blur(sample.image, sigma), motion_blur(sample.image, length, angle),
-                  edge_blur(sample.image, sample.mask, sigma, width)):
+    for image in (
+        gaussian_blur(sample.image, sigma),
+        motion_blur(sample.image, length, angle),
+        edge_blur(sample.image, sample.mask, sigma, width),
+    ):
         assert image.shape == sample.image.shape and image.dtype == np.uint8
     band = mask_boundary(sample.mask, width)
     out = edge_blur(sample.image, sample.mask, sigma, width)
@@ -134,12 +141,15 @@ def test_parameters_are_drawn_once_and_replayable():
     assert SpliceAugment(p_grid=0).sample_grid(np.random.default_rng(1)) is None
 
 
-@pytest.mark.parametrize(("cfg", "message"), [
-    ({"blurr": {}}, "unknown key\\(s\\) \\['blurr'\\]"),
-    ({"blur": {"p_gaussian": 1.5}}, "BlurAugment.p_gaussian=1.5 must be a probability"),
-    ({"splice": {"layouts": [[1, 1]]}}, "layouts=.*give \\(rows, cols\\) pairs"),
-    ({"blur": {"sigma": [2, 1]}}, "BlurAugment.sigma=\\(2, 1\\) must be \\(low, high\\)"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"blurr": {}}, "unknown key\\(s\\) \\['blurr'\\]"),
+        ({"blur": {"p_gaussian": 1.5}}, "BlurAugment.p_gaussian=1.5 must be a probability"),
+        ({"splice": {"layouts": [[1, 1]]}}, "layouts=.*give \\(rows, cols\\) pairs"),
+        ({"blur": {"sigma": [2, 1]}}, "BlurAugment.sigma=\\(2, 1\\) must be \\(low, high\\)"),
+    ],
+)
 def test_bad_augment_config_names_the_key(cfg, message):
     with pytest.raises(ValueError, match=message):
         MixAugment.from_dict(cfg)

@@ -17,8 +17,10 @@ from synthaug.store import SampleStore
 sys.path.insert(0, str(Path(__file__).parent))
 from sd_tiny import make_tiny_sd
 
-VOCAB = {"names": ["background", "cat", "dog", "motorcycle"],
-         "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]]}
+VOCAB = {
+    "names": ["background", "cat", "dog", "motorcycle"],
+    "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]],
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,20 @@ def _write(tmp_path: Path, **cfg) -> Path:
 
 def test_stable_diffusion_folder_end_to_end(tiny_sd, tmp_path):
     """A Stable Diffusion folder (VAE latents, CLIP BPE tokenizer) through the same --model PATH a user gives."""
-    cfg = _write(tmp_path, vocabulary=VOCAB, prompts={"source": "templates", "templates": ["a photo of a {cls}"],
-                                                      "classes_per_prompt": [1, 2]},
-                 steps=2, guidance=7.5, height=64, width=64, num=3, batch_size=2, method="self_refined",
-                 annotator={"cross_factors": [1], "self_factor": 1}, refine="edge")
+    cfg = _write(
+        tmp_path,
+        vocabulary=VOCAB,
+        prompts={"source": "templates", "templates": ["a photo of a {cls}"], "classes_per_prompt": [1, 2]},
+        steps=2,
+        guidance=7.5,
+        height=64,
+        width=64,
+        num=3,
+        batch_size=2,
+        method="self_refined",
+        annotator={"cross_factors": [1], "self_factor": 1},
+        refine="edge",
+    )
     assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "store"), "--model", str(tiny_sd)]) == 0
     store = SampleStore(tmp_path / "store")
     assert len(store) == 3
@@ -58,15 +70,18 @@ def test_toy_generation_job(tmp_path):
     assert cli(["verify", str(tmp_path / "store")]) == 0
 
 
-@pytest.mark.parametrize(("cfg", "message"), [
-    (dict(scheduler="warp"), "scheduler='warp' is unknown"),
-    (dict(height=30), "height=30 must be a positive multiple of 4"),
-    (dict(steps=0), "key 'steps' must be an integer >= 1"),
-    (dict(stepz=3), "unknown key 'stepz'"),
-    (dict(method="magic"), "key 'method' must be one of"),
-    (dict(annotator={"thresh": 0.5}), "annotator.thresh is not a parameter"),
-    (dict(vocabulary=VOCAB, prompts={"source": "templates", "templates": ["a photo"]}), "lack the '{cls}'"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (dict(scheduler="warp"), "scheduler='warp' is unknown"),
+        (dict(height=30), "height=30 must be a positive multiple of 4"),
+        (dict(steps=0), "key 'steps' must be an integer >= 1"),
+        (dict(stepz=3), "unknown key 'stepz'"),
+        (dict(method="magic"), "key 'method' must be one of"),
+        (dict(annotator={"thresh": 0.5}), "annotator.thresh is not a parameter"),
+        (dict(vocabulary=VOCAB, prompts={"source": "templates", "templates": ["a photo"]}), "lack the '{cls}'"),
+    ],
+)
 def test_bad_config_fails_before_any_model_work(tmp_path, capsys, cfg, message):
     path = _write(tmp_path, **cfg)
     assert cli(["generate", "--config", str(path), "--out", str(tmp_path / "store")]) == 2
@@ -95,17 +110,22 @@ def test_class_not_in_prompt_and_empty_prompts(toy_model):
 def test_captions_with_classes_appended(tmp_path):
     cap = tmp_path / "captions.tsv"
     cap.write_text("a cat sleeping on a sofa\tcat\nmy dog and a motorcycle\tdog,motorcycle\n")
-    cfg = GenerationConfig.from_dict({"vocabulary": VOCAB, "prompts": {"source": "captions", "captions_file": str(cap)},
-                                      "num": 3})
+    cfg = GenerationConfig.from_dict(
+        {"vocabulary": VOCAB, "prompts": {"source": "captions", "captions_file": str(cap)}, "num": 3}
+    )
     specs = cfg.prompt_specs()
-    assert [s.text for s in specs] == ["a cat sleeping on a sofa, cat", "my dog and a motorcycle, dog, motorcycle",
-                                      "a cat sleeping on a sofa, cat"]
+    assert [s.text for s in specs] == [
+        "a cat sleeping on a sofa, cat",
+        "my dog and a motorcycle, dog, motorcycle",
+        "a cat sleeping on a sofa, cat",
+    ]
     assert [t.class_id for t in specs[1].targets] == [2, 3]
     bad = tmp_path / "bad.tsv"
     bad.write_text("no tab here\n")
     with pytest.raises(ValueError, match="expected 'caption<TAB>class1,class2'"):
-        GenerationConfig.from_dict({"vocabulary": VOCAB, "prompts": {"source": "captions",
-                                                                     "captions_file": str(bad)}}).prompt_specs()
+        GenerationConfig.from_dict(
+            {"vocabulary": VOCAB, "prompts": {"source": "captions", "captions_file": str(bad)}}
+        ).prompt_specs()
 
 
 def test_template_prompts_use_synonyms_and_balance_classes():

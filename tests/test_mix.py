@@ -67,8 +67,14 @@ def test_served_share_converges_under_a_shuffling_loader(store, real):
     exactly, and any window of w items stays within 4 hypergeometric sigmas of r."""
     r = 0.3
     ds = SyntheticMixDataset(real, store, ratio=r, seed=2, augment=None)
-    loader = DataLoader(ds, batch_size=None, shuffle=True, num_workers=2, collate_fn=lambda x: x,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds,
+        batch_size=None,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=lambda x: x,
+        generator=torch.Generator().manual_seed(0),
+    )
     kinds = []
     for epoch in range(3):
         ds.set_epoch(epoch)
@@ -80,7 +86,7 @@ def test_served_share_converges_under_a_shuffling_loader(store, real):
     w = 100
     sigma = math.sqrt(r * (1 - r) / w * (n - w) / (n - 1))
     for start in range(0, n - w, 50):
-        assert abs(np.mean(kinds[start:start + w]) - r) <= 4 * sigma + 1 / (2 * n)
+        assert abs(np.mean(kinds[start : start + w]) - r) <= 4 * sigma + 1 / (2 * n)
 
 
 def test_ratio_zero_is_the_real_dataset_unchanged(real):
@@ -101,8 +107,9 @@ def test_linear_schedule_decays_the_served_share(store, real):
 
 def test_same_plan_across_workers_instances_and_resume(store, real):
     def items(ds, workers):
-        loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=lambda x: x,
-                            persistent_workers=workers > 0)
+        loader = DataLoader(
+            ds, batch_size=None, num_workers=workers, collate_fn=lambda x: x, persistent_workers=workers > 0
+        )
         out = []
         for epoch in (0, 1):
             ds.set_epoch(epoch)
@@ -158,15 +165,16 @@ def test_two_ranks_adopt_rank_zeros_snapshot(store, tmp_path):
 
 def test_empty_store_fails_clearly_or_waits(tmp_path, real):
     path = create_store(tmp_path / "empty", TOY_VOCABULARY)
-    with pytest.raises(EmptyPoolError, match="has no samples.*synthaug generate.*empty='wait'"):
+    with pytest.raises(EmptyPoolError, match=r"has no samples.*synthaug generate.*empty='wait'"):
         SyntheticMixDataset(real, path, ratio=0.2)
     threading.Timer(1.0, fill, args=(path, range(3))).start()
     t0 = time.monotonic()
     ds = SyntheticMixDataset(real, path, ratio=0.2, empty="wait", wait_timeout=30)
     assert ds.pool_size == 3 and time.monotonic() - t0 >= 0.9
     with pytest.raises(EmptyPoolError, match="after 1 s of waiting"):
-        SyntheticMixDataset(real, create_store(tmp_path / "e2", TOY_VOCABULARY), ratio=0.2, empty="wait",
-                            wait_timeout=1)
+        SyntheticMixDataset(
+            real, create_store(tmp_path / "e2", TOY_VOCABULARY), ratio=0.2, empty="wait", wait_timeout=1
+        )
 
 
 def test_corrupt_samples_are_skipped_and_counted(store, real):
@@ -185,10 +193,17 @@ def test_vocabulary_mismatch_is_refused_and_a_mapping_admits_it(store, real):
     with pytest.raises(ValueError, match=r"(?s)\['background', 'circle', 'square', 'triangle'\].*'ball'"):
         SyntheticMixDataset(real, store, ratio=0.2, real_classes=other)
     with pytest.raises(ValueError, match="missing from class_map: \\['triangle'\\]"):
-        SyntheticMixDataset(real, store, ratio=0.2, real_classes=other,
-                            class_map={"background": 0, "circle": 1, "square": 2})
-    ds = SyntheticMixDataset(real, store, ratio=0.5, real_classes=["background", "thing"],
-                             class_map={"background": 0, "circle": 1, "square": 1, "triangle": None}, augment=None)
+        SyntheticMixDataset(
+            real, store, ratio=0.2, real_classes=other, class_map={"background": 0, "circle": 1, "square": 2}
+        )
+    ds = SyntheticMixDataset(
+        real,
+        store,
+        ratio=0.5,
+        real_classes=["background", "thing"],
+        class_map={"background": 0, "circle": 1, "square": 1, "triangle": None},
+        augment=None,
+    )
     masks = [ds[i].mask for i in range(len(real), len(ds))]
     values = set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())
     assert values <= {0, 1, 255} and 255 in values  # triangles became ignore
@@ -203,7 +218,7 @@ def test_policies_and_filters(tmp_path):
         pool = SyntheticPool(SampleStore(path), PoolParams(policy))
         pool.adopt(pool.current_snapshot())
         draws[policy] = Counter(pool.assignment(6000, 0, 0).tolist())
-    older, newer = range(0, 30), range(30, 60)
+    newer = range(30, 60)
     share_new = {p: sum(d[i] for i in newer) / 6000 for p, d in draws.items()}
     assert abs(share_new["uniform"] - 0.5) < 0.05
     assert share_new["fresh"] > 0.8 and share_new["quality"] > 0.6  # newer seeds have higher quality here
@@ -219,14 +234,17 @@ def test_policies_and_filters(tmp_path):
     assert max(Counter(plan.tolist()).values()) <= 2
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(ratio=1.0), "ratio=1.0 must be in \\[0, 1\\)"),
-    (dict(policy="newest"), "policy='newest' is unknown"),
-    (dict(max_repeats=0), "max_repeats=0 must be >= 1"),
-    (dict(empty="block"), "empty='block'"),
-    (dict(ratio={"type": "cosine"}), "give a number, or dict\\(type='linear'"),
-    (dict(augment={"splice": {"p": 0.5}}), "augment.splice: .*unexpected keyword argument 'p'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(ratio=1.0), "ratio=1.0 must be in \\[0, 1\\)"),
+        (dict(policy="newest"), "policy='newest' is unknown"),
+        (dict(max_repeats=0), "max_repeats=0 must be >= 1"),
+        (dict(empty="block"), "empty='block'"),
+        (dict(ratio={"type": "cosine"}), "give a number, or dict\\(type='linear'"),
+        (dict(augment={"splice": {"p": 0.5}}), "augment.splice: .*unexpected keyword argument 'p'"),
+    ],
+)
 def test_bad_arguments_fail_at_start(store, real, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticMixDataset(real, store, **kwargs)

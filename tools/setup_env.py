@@ -162,8 +162,10 @@ def step_crf(python: Path) -> bool:
     say("crf: building pydensecrf2 (optional; about a minute)")
     proc = subprocess.run(pip(python, "pydensecrf2>=1.1"))
     if proc.returncode != 0:
-        say("crf: pydensecrf2 did not build (needs a C++ compiler); refine='crf' is unavailable, "
-            "refine='edge' works; its tests are skipped")
+        say(
+            "crf: pydensecrf2 did not build (needs a C++ compiler); refine='crf' is unavailable, "
+            "refine='edge' works; its tests are skipped"
+        )
         return False
     return True
 
@@ -191,8 +193,10 @@ def step_mmcv_official(python: Path) -> bool:
 
 def everything_present(python: Path) -> bool:
     """True when synthaug (editable, from this checkout) and every package the tests need import."""
-    where = probe(python, "import synthaug, mmseg, diffusers, pytest, detectron2, fvcore, pydensecrf.densecrf; "
-                          "print(synthaug.__file__)")
+    where = probe(
+        python,
+        "import synthaug, mmseg, diffusers, pytest, detectron2, fvcore, pydensecrf.densecrf; print(synthaug.__file__)",
+    )
     return where is not None and Path(where).resolve().is_relative_to(ROOT)
 
 

@@ -20,7 +20,7 @@ def _blurry_square():
     truth = np.zeros((32, 32), bool)
     truth[8:24, 8:24] = True
     yy, xx = np.mgrid[0:32, 0:32]
-    m = np.exp(-(((yy - 17) / 9.0) ** 2 + ((xx - 17) / 9.0) ** 2) ** 2)
+    m = np.exp(-((((yy - 17) / 9.0) ** 2 + ((xx - 17) / 9.0) ** 2) ** 2))
     return img, truth, torch.tensor(m, dtype=torch.float32)[None]
 
 

@@ -34,11 +34,14 @@ def test_label_ignore_band():
     assert np.allclose(conf, [[0.9, 0.55, 0.65]])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(power=0), "power"),
-    (dict(label_threshold=0.4, ignore_threshold=0.5), "ignore_threshold"),
-    (dict(cross_factors=()), "cross_factors is empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(power=0), "power"),
+        (dict(label_threshold=0.4, ignore_threshold=0.5), "ignore_threshold"),
+        (dict(cross_factors=()), "cross_factors is empty"),
+    ],
+)
 def test_bad_params(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SelfRefinedParams(**kwargs)

@@ -23,8 +23,14 @@ def test_files_are_local_small_and_described():
     files = [p for p in SHIPPED_MODEL_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
     names = {p.relative_to(SHIPPED_MODEL_DIR).as_posix() for p in files}
-    assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
-            "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "README.md"} <= names
+    assert {
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "scheduler/scheduler_config.json",
+        "README.md",
+    } <= names
     card = json.loads((SHIPPED_MODEL_DIR / "synthaug_model.json").read_text())
     assert card["training"]["final"] is True and card["text_mask_policy"] == "bos_and_words"
 
@@ -76,8 +82,18 @@ def test_instances_match_the_objects_named(toy_model):
 
     prompts = [p for p in toy_prompts(80, seed=700) if len({o.shape for o in p.objects}) == len(p.objects)][:32]
     cross = build_annotator("cross_attention", {"factors": [1, 2]})
-    samples = list(generate_samples(toy_model, [p.to_spec() for p in prompts], cross, refine_method="edge",
-                                    batch_size=16, steps=25, guidance=3.0, min_instance_area=0.01))
+    samples = list(
+        generate_samples(
+            toy_model,
+            [p.to_spec() for p in prompts],
+            cross,
+            refine_method="edge",
+            batch_size=16,
+            steps=25,
+            guidance=3.0,
+            min_instance_area=0.01,
+        )
+    )
     count = sum(len(s.instances) == len(p.objects) for s, p in zip(samples, prompts)) / len(prompts)
     named = [sorted(TOY_VOCABULARY.id_of(o.shape) for o in p.objects) for p in prompts]
     classes = sum(sorted(i.class_id for i in s.instances) == n for s, n in zip(samples, named)) / len(prompts)
