@@ -46,13 +46,14 @@ SD_METHODS = {
 
 def make_sd15_random(path: Path) -> Path:
     """A folder with SD-1.5-shaped components and random weights (no download), for timing only."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from synthaug.random_sd import clip_text_encoder, save_sd_folder
     from synthaug.toy.model import build_tokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64)  # the defaults are SD 1.5's: 320/640/1280/1280, 768-d cross-attention
+    # SD 1.5: the default blocks (320/640/1280/1280, 2 layers, 8 heads) with 768-d cross-attention, 64x64 latents
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -63,38 +64,8 @@ def make_sd15_random(path: Path) -> Path:
     )
     tok = build_tokenizer()  # a word-level stand-in: SD's CLIP tokenizer cannot be downloaded here
     tok.model_max_length = 77
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path / "sd15-random")
+    text = clip_text_encoder(tok, 768, 12, 12, 3072, 77)
+    save_sd_folder(path / "sd15-random", unet, vae, text, tok)
     return path / "sd15-random"
 
 

@@ -9,6 +9,7 @@ images is X-Paste's recipe. Ignore pixels (255) stay ignore; blur never touches 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ def resize_sample(sample: Sample, height: int, width: int) -> Sample:
         m = np.asarray(Image.fromarray(inst.mask().astype(np.uint8)).resize((width, height), Image.NEAREST)) > 0
         if m.any():
             instances.append(Instance.from_mask(inst.class_id, m, inst.score))
-    return _replace(sample, image=image, mask=mask, instances=instances)
+    return dataclasses.replace(sample, image=image, mask=mask, instances=instances)
 
 
 def splice_grid(tiles: Sequence[Sample], rows: int, cols: int, height: int, width: int) -> Sample:
@@ -104,7 +105,7 @@ def paste_objects(
     kept = [_minus(i, covered) for i in target.instances]
     instances = [i for i in kept + pasted if i.area > 0]
     fp = {**target.fingerprint, "paste": {"source": source.id, "objects": list(objects)}}
-    return _replace(
+    return dataclasses.replace(
         target, image=np.clip(image, 0, 255).round().astype(np.uint8), mask=mask, instances=instances, fingerprint=fp
     )
 
@@ -198,7 +199,7 @@ class BlurAugment:
             image = gaussian_blur(image, params["gaussian"])
         if "motion" in params:
             image = motion_blur(image, *params["motion"])
-        return sample if image is sample.image else _replace(sample, image=image)
+        return sample if image is sample.image else dataclasses.replace(sample, image=image)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         return self.apply(sample, self.sample(rng))
@@ -293,21 +294,6 @@ class MixAugment:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _replace(sample: Sample, **changes: Any) -> Sample:
-    fields = dict(
-        image=sample.image,
-        mask=sample.mask,
-        instances=sample.instances,
-        prompt=sample.prompt,
-        seed=sample.seed,
-        quality=sample.quality,
-        fingerprint=sample.fingerprint,
-        id=sample.id,
-    )
-    fields.update(changes)
-    return Sample(**fields)
 
 
 def _minus(inst: Instance, covered: np.ndarray) -> Instance:

@@ -30,8 +30,10 @@ WORDS = ["a", "photo", "of", "cat", "dog", "and", "the", "in", "room", "motorcyc
 
 
 def make_tiny_sd(path: Path) -> Path:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from synthaug.random_sd import clip_text_encoder, save_sd_folder
 
     torch.manual_seed(0)
     path = Path(path)
@@ -55,19 +57,7 @@ def make_tiny_sd(path: Path) -> Path:
     (tok_dir / "vocab.json").write_text(json.dumps(vocab))
     (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        )
-    )
+    text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -91,24 +81,4 @@ def make_tiny_sd(path: Path) -> Path:
         norm_num_groups=4,
         sample_size=64,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    out = path / "tiny-sd"
-    pipe.save_pretrained(out)
-    return out
+    return save_sd_folder(path / "tiny-sd", unet, vae, text_encoder, tokenizer)

@@ -58,21 +58,9 @@ def build_tokenizer():
 
 def build_text_encoder(tokenizer) -> Any:
     """A 2-layer, 64-wide CLIPTextModel sized for the toy vocabulary."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from synthaug.random_sd import clip_text_encoder
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=MAX_TOKENS,
-        projection_dim=64,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config)
+    return clip_text_encoder(tokenizer, 64, 2, 2, 128, MAX_TOKENS, projection_dim=64)
 
 
 UNET_CONFIG: dict[str, Any] = dict(
