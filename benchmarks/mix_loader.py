@@ -5,7 +5,7 @@
 
 Real data: a toy dataset in mmseg's folder layout read from disk (PNG image + PNG mask); synthetic:
 a store of toy renders of the same size. Every loader applies the same transform (random crop,
-flip, to tensor). Runs alternate (real, mix, mix+augment, real, ...) in one process and ratios
+flip, to tensor), with persistent workers. Epochs alternate (real, mix, mix+augment, real, ...) in one process and ratios
 are taken of the median throughputs, since this machine is shared and noisy.
 Writes benchmarks/results/mix_loader.json.
 """
@@ -80,8 +80,15 @@ class Transformed:
         return self.transform(self.ds[i])
 
 
-def throughput(ds, workers: int, batch: int) -> float:
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
+def make_loader(ds, workers: int, batch: int) -> DataLoader:
+    """Persistent workers, so that worker start-up does not favour the longer (mixed) epoch."""
+    return DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
+    )
+
+
+def throughput(loader: DataLoader) -> float:
+    """Items per second over one epoch of `loader`."""
     t0 = time.perf_counter()
     n = sum(x[0].shape[0] for x in loader)
     return n / (time.perf_counter() - t0)
@@ -113,10 +120,12 @@ def main() -> None:
             "mix + splice/blur": Transformed(SyntheticMixDataset(real, store, ratio=args.ratio), CropFlip()),
         }
         runs: dict[str, list[float]] = {k: [] for k in loaders}
-        throughput(loaders["real only"], args.workers, args.batch)  # warm the page cache
+        built = {name: make_loader(ds, args.workers, args.batch) for name, ds in loaders.items()}
+        for loader in built.values():
+            throughput(loader)  # start the workers and warm the page cache
         for _ in range(args.rounds):
-            for name, ds in loaders.items():
-                runs[name].append(throughput(ds, args.workers, args.batch))
+            for name, loader in built.items():
+                runs[name].append(throughput(loader))
     med = {k: statistics.median(v) for k, v in runs.items()}
     base = med["real only"]
     result = {
