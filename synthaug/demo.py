@@ -69,7 +69,7 @@ def run_demo(
         "fidelity_colour": round(ev.colour_fidelity, 3),
         "mask_miou_vs_colour_truth": round(ev.miou[RECIPE], 3),
         "refined_miou_vs_colour_truth": round(ev.miou[REFINED], 3),
-        "per_class_iou": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[REFINED])),
+        "per_class_iou": {n: round(v, 3) for n, v in zip(TOY_VOCABULARY.names, ev.per_class_iou[REFINED])},
         "mix_epoch": served,
         "seconds_per_image": round(ev.seconds_per_image, 3),
         "wall_seconds": round(time.perf_counter() - t0, 1),
