@@ -332,7 +332,9 @@ class SyntheticMixDataset:
         rng = np.random.default_rng([self.seed, self.epoch, index, 0xA07])
         sample = self.real_to_sample(item)
         if aug.splice is not None and self.pool is not None and len(self.pool):
-            sample = aug.splice.paste(sample, rng, self._drawer(rng, index, self.epoch, self.state.counters[0]))
+            sample = aug.splice.paste(
+                sample, rng, self._drawer(rng, index, self.epoch, self.state.counters[_proc_row()])
+            )
         if aug.blur is not None:
             sample = aug.blur(sample, rng)
         return self.sample_to_real(sample, item)
@@ -340,7 +342,7 @@ class SyntheticMixDataset:
     def _drawer(self, rng: np.random.Generator, index: int, epoch: int, row: torch.Tensor):
         def draw(n: int) -> list[Sample]:
             assert self.pool is not None
-            picks = rng.integers(0, len(self.pool), size=n)
+            picks = self.pool.draw(rng, n)
             return [self._read_synthetic(int(p), index, epoch, row) for p in picks]
 
         return draw

@@ -73,12 +73,16 @@ class SyntheticPool:
     def adopt(self, snapshot: Mapping[str, int], wait_s: float = 30.0) -> int:
         """Hold exactly the records of `snapshot`; waits up to `wait_s` for a lagging file system to show them."""
         deadline = time.monotonic() + wait_s
-        while True:
+
+        def complete() -> bool:
             have = self.store.snapshot()
-            if all(have.get(seg, 0) >= n for seg, n in snapshot.items()) or time.monotonic() >= deadline:
+            return all(have.get(seg, 0) >= n for seg, n in snapshot.items())
+
+        while not complete():
+            self.store.refresh()
+            if complete() or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-            self.store.refresh()
         chosen = [r for r in self.store.records if record_position(r) < snapshot.get(record_segment(r), 0)]
         chosen.sort(key=lambda r: (record_segment(r), record_position(r)))
         mq = self.params.min_quality
@@ -145,6 +149,10 @@ class SyntheticPool:
             self._cache.clear()
         self._cache[key] = out
         return out
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` pool indices drawn with the policy's weights (for splice tiles and paste sources)."""
+        return rng.choice(len(self.records), size=n, p=self._weights)
 
     def read(self, index: int) -> Sample | None:
         """Decode pool sample `index`; None (counted in the store's stats) if its files are corrupt."""

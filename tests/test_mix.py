@@ -248,3 +248,22 @@ def test_policies_and_filters(tmp_path):
 def test_bad_arguments_fail_at_start(store, real, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticMixDataset(real, store, **kwargs)
+
+
+def test_paste_onto_real_items_when_the_mix_can_convert_them(store, real):
+    ds = SyntheticMixDataset(
+        real[:40],
+        store,
+        ratio=0.2,
+        seed=0,
+        augment={"splice": {"p_grid": 0, "p_paste": 1.0}, "blur": None, "to_real": True},
+        real_to_sample=lambda item: item,
+        sample_to_real=lambda sample, item: sample,
+    )
+    served = [ds[i] for i in range(40)]
+    changed = [i for i, s in enumerate(served) if not np.array_equal(s.mask, real[i].mask)]
+    assert len(changed) >= 20  # every real item got a paste; most pastes land inside the image
+    for i in changed:
+        assert served[i].image.shape == real[i].image.shape and "paste" in served[i].fingerprint
+    plain = SyntheticMixDataset(real[:40], store, ratio=0.2, seed=0, augment={"to_real": False})
+    assert all(plain[i] is real[i] for i in range(40))  # synthetic-only by default
