@@ -250,9 +250,10 @@ class SpliceAugment:
         """Maybe paste objects of one drawn synthetic sample onto `target`."""
         if rng.random() >= self.p_paste:
             return target
-        (source,) = draw(1)
-        if not source.instances:
+        drawn = draw(1)
+        if not drawn or not drawn[0].instances:  # nothing to paste (an empty or unreadable pool)
             return target
+        source = drawn[0]
         n = int(rng.integers(1, min(self.max_paste, len(source.instances)) + 1))
         objects = sorted(rng.choice(len(source.instances), size=n, replace=False).tolist())
         scale = float(rng.uniform(*self.paste_scale)) * target.mask.shape[0] / source.mask.shape[0]

@@ -170,6 +170,20 @@ def step_crf(python: Path) -> bool:
     return True
 
 
+MIM_DEPS = ("click", "colorama", "model-index", "tabulate", "pandas", "requests")
+
+
+def step_mim(python: Path) -> None:
+    """openmim, for `mim train mmseg CONFIG`: without its dependencies, since a plain install pulls
+    openxlab, which downgrades half the environment; its CLI needs only the light ones listed."""
+    if probe(python, "import mim") is not None:
+        say("mim: present")
+        return
+    say("mim: installing openmim 0.3.9 without its openxlab dependencies")
+    run(pip(python, "--no-deps", "openmim==0.3.9"), "mim", "openmim", "pip install --no-deps openmim==0.3.9")
+    run(pip(python, *MIM_DEPS), "mim", " ".join(MIM_DEPS), "these are openmim's CLI dependencies")
+
+
 def step_mmcv_official(python: Path) -> bool:
     """Install mmcv with compiled ops from OpenMMLab's prebuilt wheels; False if none fits."""
     if probe(python, "import mmcv._ext") is not None:
@@ -195,7 +209,8 @@ def everything_present(python: Path) -> bool:
     """True when synthaug (editable, from this checkout) and every package the tests need import."""
     where = probe(
         python,
-        "import synthaug, mmseg, diffusers, pytest, detectron2, fvcore, pydensecrf.densecrf; print(synthaug.__file__)",
+        "import synthaug, mmseg, mim, diffusers, pytest, detectron2, fvcore, pydensecrf.densecrf; "
+        "print(synthaug.__file__)",
     )
     return where is not None and Path(where).resolve().is_relative_to(ROOT)
 
@@ -319,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             mmcv_route = "official" if route == "official" and step_mmcv_official(python) else "fallback"
             step_synthaug(python, mmcv_route)
             step_crf(python)
+            step_mim(python)
             d2_route = "official" if route == "official" and step_detectron2_official(python) else "fallback"
             if d2_route == "fallback":
                 step_detectron2_fallback(python)

@@ -1,0 +1,113 @@
+"""`SyntheticMixSegDataset`: mmseg's view of the core SyntheticMixDataset.
+
+The real dataset is built from its own config and serves its items through its own pipeline,
+unchanged. A synthetic sample goes through the same pipeline, except that the loading
+transforms are replaced by what they would have produced (the image in BGR, as
+LoadImageFromFile gives it, and the mask as LoadAnnotations gives it), so that splice and blur,
+which act on the decoded sample, keep image and mask aligned.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+from mmengine.dataset import Compose
+from mmseg.registry import DATASETS
+
+from synthaug.mix import SyntheticMixDataset
+from synthaug.sample import Sample
+from synthaug.vocabulary import IGNORE_INDEX
+
+LOADING_TRANSFORMS = ("LoadImageFromFile", "LoadAnnotations")
+
+
+@DATASETS.register_module()
+class SyntheticMixSegDataset:
+    """A user's segmentation dataset (`real`, a dataset config) mixed with samples from `store`.
+
+    Every other argument is SyntheticMixDataset's: ratio, seed, policy, min_quality, max_repeats,
+    augment, class_map, empty, wait_timeout. The real dataset's `metainfo['classes']` is checked
+    against the store's classes at start; a mismatch fails with both lists.
+    """
+
+    def __init__(self, real: dict, store: str, ratio: Any = 0.25, seed: int = 0, lazy_init: bool = False, **mix: Any):
+        self.real_cfg = copy.deepcopy(real)
+        self.store, self.ratio, self.seed, self.mix_kwargs = store, ratio, seed, mix
+        self.real = DATASETS.build(real) if isinstance(real, dict) else real
+        self.mix: SyntheticMixDataset | None = None
+        self._fully_initialized = False
+        if not lazy_init:
+            self.full_init()
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self.real.metainfo)
+
+    def full_init(self) -> None:
+        """Initialise the real dataset, then open the store and check its classes against the real ones."""
+        if self._fully_initialized:
+            return
+        self.real.full_init()
+        self.pipeline = self.real.pipeline if isinstance(self.real.pipeline, Compose) else Compose(self.real.pipeline)
+        self.mix = SyntheticMixDataset(
+            self.real,
+            self.store,
+            ratio=self.ratio,
+            seed=self.seed,
+            real_classes=list(self.real.metainfo["classes"]),
+            synthetic_transform=self.synthetic_item,
+            **self.mix_kwargs,
+        )
+        self._fully_initialized = True
+
+    def __len__(self) -> int:
+        self.full_init()
+        assert self.mix is not None
+        return len(self.mix)
+
+    def __getitem__(self, index: int) -> Any:
+        self.full_init()
+        assert self.mix is not None
+        return self.mix[index]
+
+    def get_data_info(self, index: int) -> dict:
+        """The real dataset's data info, or a synthetic sample's paths (for tools that inspect datasets)."""
+        assert self.mix is not None
+        kind, j = self.mix.locate(index)
+        if kind == "real":
+            return self.real.get_data_info(j)
+        rec = self.mix.pool.records[j]
+        root = self.mix.pool.store.root
+        return dict(img_path=str(root / rec["image"]), seg_map_path=str(root / rec["mask"]), synthetic=True)
+
+    def synthetic_item(self, sample: Sample) -> dict:
+        """Run a decoded synthetic sample through the real pipeline, past its loading transforms."""
+        mask = sample.mask
+        if getattr(self.real, "reduce_zero_label", False):  # as LoadAnnotations does for the real masks
+            mask = mask.astype(np.int16) - 1
+            mask[mask < 0] = IGNORE_INDEX
+            mask = mask.astype(np.uint8)
+        results = dict(
+            img=np.ascontiguousarray(sample.image[..., ::-1]),  # BGR, as LoadImageFromFile decodes
+            img_path=f"synthaug:{sample.id}",
+            seg_map_path=f"synthaug:{sample.id}",
+            img_shape=sample.image.shape[:2],
+            ori_shape=sample.image.shape[:2],
+            gt_seg_map=mask,
+            seg_fields=["gt_seg_map"],
+            reduce_zero_label=getattr(self.real, "reduce_zero_label", False),
+            label_map=None,
+            sample_idx=-1,
+            synthetic=True,
+        )
+        for t in self.pipeline.transforms:
+            if type(t).__name__ in LOADING_TRANSFORMS:
+                if getattr(t, "to_float32", False):
+                    results["img"] = results["img"].astype(np.float32)
+                continue
+            results = t(results)
+            if results is None:
+                raise RuntimeError(f"pipeline step {type(t).__name__} dropped synthetic sample {sample.id}")
+        return results
