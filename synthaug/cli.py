@@ -10,7 +10,16 @@ from pathlib import Path
 def _cmd_demo(args: argparse.Namespace) -> int:
     from synthaug.demo import run_demo
 
-    run_demo(args.out, num=args.num, steps=args.steps, guidance=args.guidance, model=args.model)
+    run_demo(
+        args.out,
+        num=args.num,
+        steps=args.steps,
+        guidance=args.guidance,
+        model=args.model,
+        train=not args.no_train,
+        n_real=args.real,
+        train_iters=args.train_iters,
+    )
     return 0
 
 
@@ -83,10 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate and annotate with the built-in toy model, score, and show")
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    demo.add_argument("--num", type=int, default=32, help="images to generate (default: 32)")
+    demo.add_argument("--num", type=int, default=96, help="images to generate (default: 96)")
     demo.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
     demo.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default: 3)")
     demo.add_argument("--model", default=None, help="local model folder (default: the shipped toy model)")
+    demo.add_argument("--no-train", action="store_true", help="skip the mmseg training comparison")
+    demo.add_argument("--train-iters", type=int, default=600, help="iterations per training run (default: 600)")
+    demo.add_argument("--real", type=int, default=10, help="real toy training images (default: 10)")
     demo.set_defaults(func=_cmd_demo)
 
     toy = sub.add_parser("toy-data", help="write a toy 'real' dataset: mmseg folders and COCO JSON")

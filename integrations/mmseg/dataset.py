@@ -23,6 +23,18 @@ from synthaug.vocabulary import IGNORE_INDEX
 LOADING_TRANSFORMS = ("LoadImageFromFile", "LoadAnnotations")
 
 
+def innermost_dataset(dataset: Any) -> Any:
+    """The first dataset with a pipeline inside wrappers (ConcatDataset, RepeatDataset, ...)."""
+    for _ in range(8):
+        if hasattr(dataset, "pipeline"):
+            return dataset
+        inner = getattr(dataset, "datasets", None)
+        dataset = inner[0] if inner else getattr(dataset, "dataset", None)
+        if dataset is None:
+            break
+    raise TypeError("SyntheticMixSegDataset: the real dataset has no pipeline (nor a wrapped dataset with one)")
+
+
 @DATASETS.register_module()
 class SyntheticMixSegDataset:
     """A user's segmentation dataset (`real`, a dataset config) mixed with samples from `store`.
@@ -50,7 +62,9 @@ class SyntheticMixSegDataset:
         if self._fully_initialized:
             return
         self.real.full_init()
-        self.pipeline = self.real.pipeline if isinstance(self.real.pipeline, Compose) else Compose(self.real.pipeline)
+        self.inner = innermost_dataset(self.real)
+        pipeline = self.inner.pipeline
+        self.pipeline = pipeline if isinstance(pipeline, Compose) else Compose(pipeline)
         self.mix = SyntheticMixDataset(
             self.real,
             self.store,
@@ -85,7 +99,7 @@ class SyntheticMixSegDataset:
     def synthetic_item(self, sample: Sample) -> dict:
         """Run a decoded synthetic sample through the real pipeline, past its loading transforms."""
         mask = sample.mask
-        if getattr(self.real, "reduce_zero_label", False):  # as LoadAnnotations does for the real masks
+        if getattr(self.inner, "reduce_zero_label", False):  # as LoadAnnotations does for the real masks
             mask = mask.astype(np.int16) - 1
             mask[mask < 0] = IGNORE_INDEX
             mask = mask.astype(np.uint8)
@@ -97,7 +111,7 @@ class SyntheticMixSegDataset:
             ori_shape=sample.image.shape[:2],
             gt_seg_map=mask,
             seg_fields=["gt_seg_map"],
-            reduce_zero_label=getattr(self.real, "reduce_zero_label", False),
+            reduce_zero_label=getattr(self.inner, "reduce_zero_label", False),
             label_map=None,
             sample_idx=-1,
             synthetic=True,

@@ -148,3 +148,59 @@ def test_import_is_idempotent_and_the_ops_fallback_is_clear():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_mix_wraps_a_concat_dataset_and_runs_synthetic_samples_through_its_pipeline(tmp_path):
+    import numpy as np
+    import synthaug.integrations.mmseg  # noqa: F401
+    from mmseg.registry import DATASETS
+    from mmseg.utils import register_all_modules
+
+    from synthaug.store import StoreWriter, create_store
+    from synthaug.toy.dataset import write_toy_dataset
+    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+    register_all_modules(init_default_scope=True)  # as train.py does with default_scope='mmseg'
+    write_toy_dataset(tmp_path / "toy", {"train": 6})
+    store = create_store(tmp_path / "store", TOY_VOCABULARY)
+    with StoreWriter(store, "g", fsync=False) as w:
+        for s in range(5):
+            w.add(render_seed(100 + s, 32).to_sample())
+    toy = dict(
+        type="BaseSegDataset",
+        data_root=str(tmp_path / "toy"),
+        data_prefix=dict(img_path="img_dir/train", seg_map_path="ann_dir/train"),
+        img_suffix=".png",
+        seg_map_suffix=".png",
+        metainfo=dict(classes=TOY_VOCABULARY.names),
+        pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")],
+    )
+    ds = DATASETS.build(
+        dict(
+            type="SyntheticMixSegDataset",
+            real=dict(type="ConcatDataset", datasets=[toy, toy]),
+            store=str(store),
+            ratio=0.5,
+            augment=None,
+        )
+    )
+    assert len(ds) == 24 and ds.metainfo["classes"] == TOY_VOCABULARY.names
+    real, synthetic = ds[0], ds[12]
+    for item in (real, synthetic):
+        assert item["inputs"].shape == (3, 32, 32) and item["data_samples"].gt_sem_seg.data.shape == (1, 32, 32)
+    # The synthetic item is its stored sample, decoded as the loading transforms would: BGR image, exact mask.
+    rec_index = ds.mix.locate(12)[1]
+    stored = ds.mix.pool.read(rec_index)
+    assert np.array_equal(synthetic["inputs"].numpy().transpose(1, 2, 0), stored.image[..., ::-1])
+    assert np.array_equal(synthetic["data_samples"].gt_sem_seg.data[0].numpy(), stored.mask)
+    assert ds.get_data_info(12)["synthetic"] is True
+
+
+def test_voc_drop_in_config_parses_with_the_mix_around_mmsegs_own_dataset():
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(ROOT / "configs" / "mmseg" / "deeplabv3plus_r50-d8_voc12aug_mix.py"))
+    d = cfg.train_dataloader.dataset
+    assert d.type == "SyntheticMixSegDataset" and d.real.type == "ConcatDataset"
+    assert [x.type for x in d.real.datasets] == ["PascalVOCDataset", "PascalVOCDataset"]
+    assert cfg.model.type == "EncoderDecoder" and cfg.custom_hooks[0].type == "SyntheticPoolHook"

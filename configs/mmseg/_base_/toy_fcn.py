@@ -1,6 +1,9 @@
 # The toy world, real data only: a small FCN (ResNetV1c-18, 16 base channels) trained from scratch on
 # 32x32 renders written by `synthaug toy-data --out data/toy`. Paths are relative to the working directory.
 data_root = 'data/toy'
+# Only for mmcv-lite installs (as in tools/setup_env.py's fallback route): importing synthaug's mmseg
+# integration makes the pure-PyTorch ops that mmseg imports available. With full mmcv it changes nothing.
+custom_imports = dict(imports=['synthaug.integrations.mmseg'], allow_failed_imports=False)
 classes = ('background', 'circle', 'square', 'triangle')
 palette = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]]
 crop_size = (32, 32)
