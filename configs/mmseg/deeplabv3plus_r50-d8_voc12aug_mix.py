@@ -1,18 +1,20 @@
 # Pascal VOC 2012 (+aug) with DeepLabV3+ R50, from mmseg's own config, plus synthetic samples.
 # The lines marked "synthaug" are the whole change. The store must use VOC's 21 class names in
 # VOC's order (configs/generate/sd15_voc_templates.yaml writes one), or give class_map.
-_base_ = ['mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py']
+_base_ = ["mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py"]
 
-custom_imports = dict(imports=['synthaug.integrations.mmseg'], allow_failed_imports=False)  # synthaug
+custom_imports = dict(imports=["synthaug.integrations.mmseg"], allow_failed_imports=False)  # synthaug
 train_dataloader = dict(  # synthaug: wrap VOC's training set (train + aug) as it is
     dataset=dict(
         _delete_=True,
-        type='SyntheticMixSegDataset',
+        type="SyntheticMixSegDataset",
         real={{_base_.train_dataloader.dataset}},
-        store='data/voc_sd15_store',
+        store="data/voc_sd15_store",
         ratio=0.3,
         seed=0,
-        policy='class_balanced',
+        policy="class_balanced",
         min_quality=dict(mean_confidence=0.5),
-        augment=dict(splice=dict(p_grid=0.3), blur=dict(p_gaussian=0.2, p_edge=0.2))))
-custom_hooks = [dict(type='SyntheticPoolHook', interval=500, log_interval=50)]  # synthaug
+        augment=dict(splice=dict(p_grid=0.3), blur=dict(p_gaussian=0.2, p_edge=0.2)),
+    )
+)
+custom_hooks = [dict(type="SyntheticPoolHook", interval=500, log_interval=50)]  # synthaug
