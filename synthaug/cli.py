@@ -49,6 +49,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from synthaug.config import GenerationConfig
+    from synthaug.producer import Producer
+
+    cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
+    if args.model:
+        cfg.model = args.model
+    producer = Producer(
+        cfg,
+        args.store,
+        device=args.device,
+        target_pool=args.target_pool,
+        max_samples=args.max_samples,
+        segment=args.segment,
+        retire_grace_s=args.retire_grace,
+    )
+    print(f"[produce] segment {producer.segment} on {producer.cfg.device} into {args.store}", flush=True)
+    n = producer.run()
+    print(f"[produce] stopped after {n} samples ({producer.retired} retired)", flush=True)
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from synthaug.store_ops import verify
 
@@ -117,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
     gen.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
     gen.set_defaults(func=_cmd_generate)
+
+    prod = sub.add_parser("produce", help="keep generating into a store while training reads it (online pool)")
+    prod.add_argument("--config", type=Path, default=None, help="gen.yaml (default: toy model, cross-attention)")
+    prod.add_argument("--store", type=Path, required=True, help="the store to fill (created if missing)")
+    prod.add_argument(
+        "--device", default=None, help="e.g. cuda:1 (default: the config's; 'cuda' under torchrun = local rank)"
+    )
+    prod.add_argument("--target-pool", type=int, default=None, help="keep at most N live samples, retiring the oldest")
+    prod.add_argument("--max-samples", type=int, default=None, help="stop after N samples (default: run until told)")
+    prod.add_argument("--segment", default=None, help="segment name (default: producer-HOST, -rankR under torchrun)")
+    prod.add_argument("--retire-grace", type=float, default=600.0, help="seconds before retired files are deleted")
+    prod.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    prod.set_defaults(func=_cmd_produce)
 
     verify = sub.add_parser("verify", help="read every sample of a store back and report problems")
     verify.add_argument("store", type=Path)

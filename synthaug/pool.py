@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from synthaug.sample import Sample
-from synthaug.store import SampleStore, record_position, record_segment
+from synthaug.store import SampleStore
 
 POLICIES = ("uniform", "fresh", "class_balanced", "quality")
 
@@ -73,18 +73,12 @@ class SyntheticPool:
     def adopt(self, snapshot: Mapping[str, int], wait_s: float = 30.0) -> int:
         """Hold exactly the records of `snapshot`; waits up to `wait_s` for a lagging file system to show them."""
         deadline = time.monotonic() + wait_s
-
-        def complete() -> bool:
-            have = self.store.snapshot()
-            return all(have.get(seg, 0) >= n for seg, n in snapshot.items())
-
-        while not complete():
+        while not self.store.holds(snapshot):
             self.store.refresh()
-            if complete() or time.monotonic() >= deadline:
+            if self.store.holds(snapshot) or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
-        chosen = [r for r in self.store.records if record_position(r) < snapshot.get(record_segment(r), 0)]
-        chosen.sort(key=lambda r: (record_segment(r), record_position(r)))
+        chosen = self.store.snapshot_records(dict(snapshot))
         mq = self.params.min_quality
         if mq:
             chosen = [r for r in chosen if all(r.get("quality", {}).get(k, float("-inf")) >= v for k, v in mq.items())]

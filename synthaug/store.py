@@ -42,6 +42,9 @@ STORE_FILE = "store.json"
 SEGMENTS = "segments"
 MANIFEST = "manifest.jsonl"
 QUARANTINE = "quarantine.jsonl"
+RETIRED = "retired.jsonl"
+#: The snapshot key that holds how far into retired.jsonl a snapshot has read (not a segment name).
+RETIRED_KEY = "#retired"
 IMAGE_FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 95}), "webp": ("WEBP", {"quality": 95})}
 SEGMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -233,16 +236,20 @@ class SampleStore:
         self.root = Path(path)
         self.meta = _read_store_json(self.root)
         self.vocabulary = ClassVocabulary.from_dict(self.meta["vocabulary"])
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []  # live: neither quarantined nor retired
+        self.all_records: list[dict[str, Any]] = []  # also the retired ones, which snapshots may still hold
+        self.retired: dict[str, int] = {}  # id -> end offset of its line in retired.jsonl
         self.stats = ReadStats()
         self._offsets: dict[str, int] = {}
         self._quarantine_offset = 0
+        self._retired_offset = 0
         self._quarantined: set[str] = set()
         self.refresh()
 
     def refresh(self) -> int:
         """Adopt records appended since the last call; returns how many are new."""
         self._read_quarantine()
+        self._read_retired()
         seg_root = self.root / SEGMENTS
         new = 0
         try:
@@ -273,7 +280,9 @@ class SampleStore:
                     continue
                 if rec["id"] in self._quarantined:
                     continue
-                self.records.append(rec)
+                self.all_records.append(rec)
+                if rec["id"] not in self.retired:
+                    self.records.append(rec)
                 new += 1
             self._offsets[seg] = offset + end
         return new
@@ -292,6 +301,26 @@ class SampleStore:
         if added - self._quarantined:
             self._quarantined |= added
             self.records = [r for r in self.records if r["id"] not in self._quarantined]
+            self.all_records = [r for r in self.all_records if r["id"] not in self._quarantined]
+
+    def _read_retired(self) -> None:
+        try:
+            with open(self.root / RETIRED, "rb") as f:
+                f.seek(self._retired_offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        pos = self._retired_offset
+        added = False
+        for line in chunk[:end].splitlines(keepends=True):
+            pos += len(line)
+            if line.strip():
+                self.retired[json.loads(line)["id"]] = pos
+                added = True
+        self._retired_offset += end
+        if added:
+            self.records = [r for r in self.records if r["id"] not in self.retired]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -345,12 +374,30 @@ class SampleStore:
             return None
 
     def snapshot(self) -> dict[str, int]:
-        """The records adopted so far, as {segment: count}: the same list on every reader that adopts it."""
+        """The records adopted so far, as {segment: count} plus how far retirements were read (RETIRED_KEY):
+        the same list on every reader that adopts it."""
         out: dict[str, int] = {}
-        for rec in self.records:
+        for rec in self.all_records:
             seg, pos = record_segment(rec), record_position(rec)
             out[seg] = max(out.get(seg, 0), pos + 1)
+        out[RETIRED_KEY] = self._retired_offset
         return out
+
+    def snapshot_records(self, snapshot: dict[str, int]) -> list[dict[str, Any]]:
+        """The records of `snapshot` in canonical order (segment, position), retirements applied as it saw them."""
+        until = snapshot.get(RETIRED_KEY, 0)
+        chosen = [
+            r
+            for r in self.all_records
+            if record_position(r) < snapshot.get(record_segment(r), 0) and self.retired.get(r["id"], until + 1) > until
+        ]
+        chosen.sort(key=lambda r: (record_segment(r), record_position(r)))
+        return chosen
+
+    def holds(self, snapshot: dict[str, int]) -> bool:
+        """Whether this reader has read everything `snapshot` names (a lagging file system may not show it yet)."""
+        have = self.snapshot()
+        return all(have.get(k, 0) >= n for k, n in snapshot.items())
 
     def select(
         self,
@@ -375,6 +422,21 @@ class SampleStore:
                 continue
             out.append(i)
         return out
+
+
+def retire(store: str | Path, ids: Iterable[str]) -> int:
+    """Mark samples retired (a rolling pool's oldest): new snapshots leave them out; their files stay until
+    the producer purges them after a grace period, so a reader holding an older snapshot can still read them."""
+    now = time.time()
+    data = b"".join((json.dumps({"id": i, "time": now}) + "\n").encode() for i in ids)
+    if not data:
+        return 0
+    fd = os.open(Path(store) / RETIRED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return data.count(b"\n")
 
 
 def merge_into(dst: str | Path, src: str | Path) -> int:

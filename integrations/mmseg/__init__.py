@@ -20,7 +20,7 @@ from synthaug.integrations.mmseg.checkpoints import allow_mmengine_checkpoints  
 allow_mmengine_checkpoints()
 
 from synthaug.integrations.mmseg.dataset import SyntheticMixSegDataset  # noqa: E402
-from synthaug.integrations.mmseg.hooks import SyntheticPoolHook, find_mix  # noqa: E402
+from synthaug.integrations.mmseg.hooks import SyntheticPoolHook, SyntheticProducerHook, find_mix  # noqa: E402
 from synthaug.integrations.mmseg.transforms import SynthaugBlur, SynthaugPaste  # noqa: E402
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SynthaugPaste",
     "SyntheticMixSegDataset",
     "SyntheticPoolHook",
+    "SyntheticProducerHook",
     "allow_mmengine_checkpoints",
     "ensure_mmseg_importable",
     "find_mix",

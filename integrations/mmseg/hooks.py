@@ -68,3 +68,57 @@ class SyntheticPoolHook(Hook):
         hub = runner.message_hub
         for key in ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped"):
             hub.update_scalar(f"train/synthaug_{key}", float(c[key]))
+
+
+@HOOKS.register_module()
+class SyntheticProducerHook(Hook):
+    """Runs `synthaug produce` beside training on rank 0 (see synthaug.supervisor): started before training,
+    restarted with back-off if it dies, stopped after the run. Its rate and state go to the message hub
+    as `train/synthaug_producer_*`. Training never waits on it."""
+
+    priority = "LOW"
+
+    def __init__(
+        self,
+        store: str,
+        config: str | None = None,
+        device: str = "cpu",
+        target_pool: int | None = None,
+        max_samples: int | None = None,
+        log_interval: int = 10,
+        retire_grace_s: float = 600.0,
+    ) -> None:
+        self.kwargs = dict(
+            store=store,
+            config=config,
+            device=device,
+            target_pool=target_pool,
+            max_samples=max_samples,
+            retire_grace_s=retire_grace_s,
+        )
+        self.log_interval = log_interval
+        self.supervisor = None
+        # Started here, when the runner builds its hooks, not in before_run: mmengine builds the training
+        # dataset before before_run, and a mix waiting for its first samples (empty='wait') needs them.
+        from mmengine.dist import get_rank
+
+        from synthaug.supervisor import ProducerSupervisor
+
+        if get_rank() == 0:
+            from mmengine.logging import MMLogger
+
+            self.supervisor = ProducerSupervisor(**self.kwargs, log_fn=MMLogger.get_current_instance().info)
+            self.supervisor.start()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.supervisor is None or (runner.iter + 1) % self.log_interval:
+            return
+        s = self.supervisor.status()
+        hub = runner.message_hub
+        hub.update_scalar("train/synthaug_producer_rate", float(s.get("rate", 0.0)))
+        hub.update_scalar("train/synthaug_producer_restarts", float(s["restarts"]))
+        hub.update_scalar("train/synthaug_producer_produced", float(s.get("produced", 0)))
+
+    def after_run(self, runner) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()

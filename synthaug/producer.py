@@ -1,0 +1,179 @@
+"""The online producer: generates into its own store segment while training reads the store.
+
+`synthaug produce --config gen.yaml --store STORE [--device cuda:N] [--target-pool N] [--max-samples N]`
+
+- It loads the model once and generates batch after batch into its own segment (resumed after
+  a restart, with fresh seeds), until `--max-samples` or a stop signal.
+- SIGTERM or SIGINT: it finishes the batch in hand and stops; a second signal abandons the batch
+  at once. Samples are written atomically, so either way no partial sample becomes visible.
+- With `--target-pool N` the pool rolls: after each batch it retires its own oldest samples so
+  that the store's live samples stay at N or fewer. Retired files are deleted only after
+  `--retire-grace` seconds, so a reader holding an older snapshot can still read them.
+- Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set), each process takes its own segment
+  (`<name>-rank<R>`), a distinct seed range and, for `--device cuda`, the GPU of its local rank.
+- It writes its state and rate to `STORE/producers/<segment>.json` for the supervisor to log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from synthaug.config import GenerationConfig
+from synthaug.imageio import atomic_write_bytes
+
+STATUS_DIR = "producers"
+SEEDS_PER_RANK = 1_000_000_000
+
+
+def worker_identity() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun/accelerate's environment; (0, 1, 0) when launched alone."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def status_path(store: str | Path, segment: str) -> Path:
+    return Path(store) / STATUS_DIR / f"{segment}.json"
+
+
+def read_status(store: str | Path, segment: str) -> dict[str, Any] | None:
+    """The producer's last status (state, produced, retired, rate, pid, updated), or None."""
+    try:
+        return json.loads(status_path(store, segment).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class Producer:
+    """One producer process: model loaded once, batches into one segment, optional rolling pool."""
+
+    def __init__(
+        self,
+        cfg: GenerationConfig,
+        store: str | Path,
+        device: str | None = None,
+        target_pool: int | None = None,
+        max_samples: int | None = None,
+        segment: str | None = None,
+        retire_grace_s: float = 600.0,
+    ) -> None:
+        if target_pool is not None and target_pool < cfg.batch_size:
+            raise ValueError(f"--target-pool {target_pool} must be at least the batch size ({cfg.batch_size})")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"--max-samples {max_samples} must be >= 1")
+        rank, world, local_rank = worker_identity()
+        base = segment or cfg.segment or f"producer-{socket.gethostname()}"
+        self.segment = f"{base}-rank{rank}" if world > 1 else base
+        if device is None:
+            device = cfg.device
+        if device == "cuda" and world > 1:
+            device = f"cuda:{local_rank}"
+        self.cfg = dataclasses.replace(cfg, device=device)
+        self.store = Path(store)
+        self.target_pool, self.max_samples, self.retire_grace_s = target_pool, max_samples, retire_grace_s
+        self.seed_base = cfg.seed + rank * SEEDS_PER_RANK
+        self.stops = 0
+        self.produced = 0
+        self.retired = 0
+        self.rate = 0.0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stops += 1
+        if self.stops >= 2:  # a second signal: abandon the batch now (the store never shows a partial sample)
+            self._status("stopped")
+            raise SystemExit(128 + signum)
+
+    def _status(self, state: str) -> None:
+        data = {
+            "segment": self.segment,
+            "pid": os.getpid(),
+            "state": state,
+            "produced": self.produced,
+            "retired": self.retired,
+            "rate": round(self.rate, 4),
+            "device": self.cfg.device,
+            "updated": time.time(),
+        }
+        path = status_path(self.store, self.segment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(data).encode())
+
+    def run(self) -> int:
+        """Produce until the target count or a stop signal; returns how many samples this run wrote."""
+        from synthaug.annotators import build_annotator
+        from synthaug.generator import generate_samples, load_model
+        from synthaug.store import SampleStore, StoreWriter, create_store
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        cfg = self.cfg
+        annotator = build_annotator(cfg.method, cfg.annotator)
+        create_store(self.store, cfg.class_vocabulary(), image_format=cfg.image_format)
+        self._status("loading")
+        model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
+        reader = SampleStore(self.store)
+        with StoreWriter(self.store, segment=self.segment, resume=True) as writer:
+            while not self.stops and (self.max_samples is None or self.produced < self.max_samples):
+                n = cfg.batch_size
+                if self.max_samples is not None:
+                    n = min(n, self.max_samples - self.produced)
+                # Fresh seeds after a restart: the segment's count moves the seed on.
+                specs = dataclasses.replace(cfg, seed=self.seed_base + writer.count).prompt_specs(n)
+                self._status("producing")
+                t0 = time.perf_counter()
+                for sample in generate_samples(
+                    model,
+                    specs,
+                    annotator,
+                    refine_method=cfg.refine,
+                    refine_params=cfg.refine_params,
+                    batch_size=n,
+                    steps=cfg.steps,
+                    guidance=cfg.guidance,
+                    height=cfg.height,
+                    width=cfg.width,
+                    min_instance_area=cfg.min_instance_area,
+                ):
+                    writer.add(sample)
+                    self.produced += 1
+                self.rate = n / max(time.perf_counter() - t0, 1e-9)
+                if self.target_pool is not None:
+                    self._roll(reader)
+                self._status("producing")
+        self._status("stopped")
+        return self.produced
+
+    def _roll(self, reader) -> None:
+        """Retire this segment's oldest live samples beyond the target; purge files retired past the grace."""
+        from synthaug.store import record_position, record_segment, retire
+
+        reader.refresh()
+        excess = len(reader.records) - (self.target_pool or 0)
+        if excess > 0:
+            mine = sorted((r for r in reader.records if record_segment(r) == self.segment), key=record_position)[
+                :excess
+            ]
+            self.retired += retire(self.store, [r["id"] for r in mine])
+            reader.refresh()
+        self._purge(reader)
+
+    def _purge(self, reader) -> None:
+        """Delete the files of this segment's samples retired more than retire_grace_s ago."""
+        from synthaug.store import RETIRED, record_segment
+
+        cutoff = time.time() - self.retire_grace_s
+        try:
+            lines = (self.store / RETIRED).read_text().splitlines()
+        except FileNotFoundError:
+            return
+        old = {d["id"] for d in map(json.loads, filter(None, lines)) if d["time"] <= cutoff}
+        for rec in reader.all_records:
+            if rec["id"] in old and record_segment(rec) == self.segment:
+                for key in ("image", "mask"):
+                    (self.store / rec[key]).unlink(missing_ok=True)
