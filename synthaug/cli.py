@@ -64,6 +64,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         segment=args.segment,
         retire_grace_s=args.retire_grace,
+        parent_pid=args.parent_pid,
     )
     print(f"[produce] segment {producer.segment} on {producer.cfg.device} into {args.store}", flush=True)
     n = producer.run()
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--segment", default=None, help="segment name (default: producer-HOST, -rankR under torchrun)")
     prod.add_argument("--retire-grace", type=float, default=600.0, help="seconds before retired files are deleted")
     prod.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    prod.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone (supervisors)")
     prod.set_defaults(func=_cmd_produce)
 
     verify = sub.add_parser("verify", help="read every sample of a store back and report problems")

@@ -34,7 +34,7 @@ import torch
 from synthaug.augment import MixAugment
 from synthaug.pool import EmptyPoolError, PoolParams, SyntheticPool
 from synthaug.sample import Instance, Sample
-from synthaug.store import SampleStore
+from synthaug.store import STORE_FILE, SampleStore
 from synthaug.vocabulary import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,15 @@ class SyntheticMixDataset:
         if synthetic is None:
             raise ValueError(f"ratio={self.schedule.max} > 0 needs a synthetic store; give its path")
         params = PoolParams(policy, dict(min_quality or {}), max_repeats)
+        deadline = time.monotonic() + wait_timeout
+        if empty == "wait" and not isinstance(synthetic, SampleStore):
+            while not (Path(synthetic) / STORE_FILE).exists() and time.monotonic() < deadline:
+                time.sleep(0.5)  # a producer that is starting creates the store when its model has loaded
         self.pool = SyntheticPool(synthetic if isinstance(synthetic, SampleStore) else str(synthetic), params)
         self._lut = self._class_lut(real_classes, class_map)
         self.refresh()
         if len(self.pool) == 0:
-            self._wait_or_fail(empty, wait_timeout)
+            self._wait_or_fail(empty, max(0.0, deadline - time.monotonic()), wait_timeout)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -207,11 +211,11 @@ class SyntheticMixDataset:
             lut[voc.id_of(name)] = IGNORE_INDEX if rid is None else int(rid)
         return lut
 
-    def _wait_or_fail(self, empty: str, timeout: float) -> None:
+    def _wait_or_fail(self, empty: str, left: float, timeout: float) -> None:
         assert self.pool is not None
         where = self.pool.store.root
         if empty == "wait":
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + left
             log.info("synthaug: waiting up to %.0f s for samples in %s", timeout, where)
             while len(self.pool) == 0 and time.monotonic() < deadline:
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

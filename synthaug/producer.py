@@ -11,6 +11,7 @@
   `--retire-grace` seconds, so a reader holding an older snapshot can still read them.
 - Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set), each process takes its own segment
   (`<name>-rank<R>`), a distinct seed range and, for `--device cuda`, the GPU of its local rank.
+- Started by a supervisor (`--parent-pid`), it stops when that process is gone.
 - It writes its state and rate to `STORE/producers/<segment>.json` for the supervisor to log.
 """
 
@@ -62,6 +63,7 @@ class Producer:
         max_samples: int | None = None,
         segment: str | None = None,
         retire_grace_s: float = 600.0,
+        parent_pid: int | None = None,
     ) -> None:
         if target_pool is not None and target_pool < cfg.batch_size:
             raise ValueError(f"--target-pool {target_pool} must be at least the batch size ({cfg.batch_size})")
@@ -78,6 +80,7 @@ class Producer:
         self.store = Path(store)
         self.target_pool, self.max_samples, self.retire_grace_s = target_pool, max_samples, retire_grace_s
         self.seed_base = cfg.seed + rank * SEEDS_PER_RANK
+        self.parent_pid = parent_pid
         self.stops = 0
         self.produced = 0
         self.retired = 0
@@ -120,6 +123,8 @@ class Producer:
         reader = SampleStore(self.store)
         with StoreWriter(self.store, segment=self.segment, resume=True) as writer:
             while not self.stops and (self.max_samples is None or self.produced < self.max_samples):
+                if self.parent_pid and os.getppid() != self.parent_pid:
+                    break  # the training process that supervised us is gone: do not run on as an orphan
                 n = cfg.batch_size
                 if self.max_samples is not None:
                     n = min(n, self.max_samples - self.produced)

@@ -70,7 +70,7 @@ def _read_store_json(path: Path) -> dict[str, Any]:
     meta_file = path / STORE_FILE
     if not meta_file.is_file():
         raise StoreError(
-            f"{path} is not a synthaug store (no {STORE_FILE}); create one with SampleStore.create "
+            f"{path} is not a synthaug store (no {STORE_FILE}); create one with synthaug.store.create_store "
             "or `synthaug generate --out PATH`"
         )
     meta = json.loads(meta_file.read_text())

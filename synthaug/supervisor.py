@@ -55,7 +55,7 @@ class ProducerSupervisor:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "synthaug.cli", "produce", "--store", str(self.store), "--device", self.device]
-        cmd += ["--segment", self.segment, "--retire-grace", str(self.retire_grace_s)]
+        cmd += ["--segment", self.segment, "--retire-grace", str(self.retire_grace_s), "--parent-pid", str(os.getpid())]
         if self.config:
             cmd += ["--config", str(self.config)]
         if self.target_pool:

@@ -204,3 +204,45 @@ def test_voc_drop_in_config_parses_with_the_mix_around_mmsegs_own_dataset():
     assert d.type == "SyntheticMixSegDataset" and d.real.type == "ConcatDataset"
     assert [x.type for x in d.real.datasets] == ["PascalVOCDataset", "PascalVOCDataset"]
     assert cfg.model.type == "EncoderDecoder" and cfg.custom_hooks[0].type == "SyntheticPoolHook"
+
+
+@pytest.mark.slow
+def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_9(world, tmp_path):
+    """The store starts empty; the producer hook fills it; the pool that training sees grows; kill -9 of the
+    producer mid-run is survived (the supervisor restarts it), and the store verifies clean afterwards."""
+    import json as _json
+    import signal
+    import time
+
+    from synthaug.cli import main as cli
+
+    shutil.copytree(world / "data" / "toy", tmp_path / "data" / "toy")
+    fast = tmp_path / "fast.yaml"
+    fast.write_text("batch_size: 2\nsteps: 4\n")
+    store = tmp_path / "data" / "toy_store"
+    cmd = [
+        sys.executable,
+        str(mmseg_train_script()),
+        str(ROOT / "configs" / "mmseg" / "toy_fcn_mix_online.py"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--cfg-options",
+        "train_cfg.max_iters=300",
+        "train_cfg.val_interval=300",
+        "custom_hooks.0.interval=20",
+        f"custom_hooks.1.config={fast}",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    status = store / "producers" / "producer-supervised.json"
+    deadline = time.monotonic() + 300
+    while not (status.exists() and _json.loads(status.read_text()).get("produced", 0) >= 4):
+        assert time.monotonic() < deadline and proc.poll() is None, "the producer never produced"
+        time.sleep(0.5)
+    os.kill(_json.loads(status.read_text())["pid"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    pools = [float(x.split()[0]) for x in out.split("synthaug_pool_size: ")[1:]]
+    assert pools and pools[-1] > pools[0], pools  # the pool grew while training ran
+    assert "exited with -9; restarting" in out and out.count("synthaug producer started") >= 2
+    assert "synthaug producer stopped" in out
+    assert cli(["verify", str(store)]) == 0
