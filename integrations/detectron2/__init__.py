@@ -17,13 +17,19 @@ from synthaug.integrations.detectron2.data import (
     build_mix,
     build_synthaug_train_loader,
 )
-from synthaug.integrations.detectron2.engine import SyntheticPoolHook, add_synthaug_config, with_synthaug
+from synthaug.integrations.detectron2.engine import (
+    SyntheticPoolHook,
+    SyntheticProducerHook,
+    add_synthaug_config,
+    with_synthaug,
+)
 
 __all__ = [
     "LoggingLoader",
     "SynthaugBlur",
     "SynthaugDatasetMapper",
     "SyntheticPoolHook",
+    "SyntheticProducerHook",
     "add_synthaug_config",
     "build_mix",
     "build_synthaug_train_loader",

@@ -89,6 +89,18 @@ def real_dataset_dicts(names: str | Sequence[str]) -> tuple[list[dict], list[str
     return dicts, list(meta.thing_classes) if hasattr(meta, "thing_classes") else None
 
 
+def wait_for_store(store: str, timeout: float) -> None:
+    """Wait up to `timeout` seconds for `store` to exist."""
+    import time
+    from pathlib import Path
+
+    from synthaug.store import STORE_FILE
+
+    deadline = time.monotonic() + timeout
+    while not (Path(store) / STORE_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def build_mix(
     real: str | Sequence[str],
     store: str,
@@ -101,6 +113,8 @@ def build_mix(
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {TASKS}")
     dicts, real_things = real_dataset_dicts(real)
+    if mix.get("empty") == "wait":  # a producer that is starting creates the store once its model has loaded
+        wait_for_store(store, float(mix.get("wait_timeout", 600.0)))
     vocabulary = SampleStore(store).vocabulary
     if task == "instance":
         if real_things is not None and real_things != thing_classes(vocabulary):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from detectron2.config import CfgNode
 from detectron2.engine import HookBase
 from synthaug.integrations.detectron2.catalog import register_coco_entries
@@ -25,6 +27,13 @@ def add_synthaug_config(cfg: CfgNode) -> CfgNode:
     # COCO-format datasets to register before training, as "name=annotations.json=image_root" (the toy configs
     # use it; your own datasets may be registered as you always do).
     cfg.SYNTHAUG.REGISTER_COCO = []
+    # Online generation: with PRODUCER.CONFIG set, a producer fills SYNTHAUG.STORE while training runs.
+    cfg.SYNTHAUG.PRODUCER = CfgNode()
+    cfg.SYNTHAUG.PRODUCER.CONFIG = ""  # a gen.yaml; "" = no producer
+    cfg.SYNTHAUG.PRODUCER.DEVICE = "cpu"
+    cfg.SYNTHAUG.PRODUCER.TARGET_POOL = 0  # 0 = no rolling pool
+    cfg.SYNTHAUG.EMPTY = "error"  # or "wait": wait for a producer's first samples
+    cfg.SYNTHAUG.WAIT_TIMEOUT = 600.0
     cfg.SYNTHAUG.AUGMENT = CfgNode()
     cfg.SYNTHAUG.AUGMENT.SPLICE_P_GRID = 0.0
     cfg.SYNTHAUG.AUGMENT.BLUR_P_GAUSSIAN = 0.2
@@ -58,6 +67,8 @@ def mix_from_cfg(cfg: CfgNode) -> SyntheticMixDataset:
             min_quality={"mean_confidence": s.MIN_QUALITY} if s.MIN_QUALITY > 0 else None,
             max_repeats=s.MAX_REPEATS or None,
             augment=augment,
+            empty=s.EMPTY,
+            wait_timeout=s.WAIT_TIMEOUT,
         )
     except ValueError as err:
         raise ValueError(f"SYNTHAUG config: {err}") from None
@@ -89,6 +100,12 @@ def with_synthaug(trainer_cls):
     class SynthaugTrainer(trainer_cls):
         def __init__(self, cfg):
             register_from_cfg(cfg)
+            p = cfg.SYNTHAUG.PRODUCER
+            self._synthaug_producer = None
+            if cfg.SYNTHAUG.STORE and p.CONFIG:  # start before the train loader waits for samples
+                self._synthaug_producer = SyntheticProducerHook(
+                    cfg.SYNTHAUG.STORE, p.CONFIG, p.DEVICE, p.TARGET_POOL or None
+                )
             super().__init__(cfg)
 
         @classmethod
@@ -113,7 +130,54 @@ def with_synthaug(trainer_cls):
             if mix is not None:
                 cfg = self.cfg
                 hooks.insert(-1, SyntheticPoolHook(mix, cfg.SYNTHAUG.REFRESH_INTERVAL, cfg.SOLVER.IMS_PER_BATCH))
+            if getattr(self, "_synthaug_producer", None) is not None:
+                hooks.insert(-1, self._synthaug_producer)
             return hooks
 
     SynthaugTrainer.__name__ = SynthaugTrainer.__qualname__ = trainer_cls.__name__
     return SynthaugTrainer
+
+
+class SyntheticProducerHook(HookBase):
+    """Runs `synthaug produce` beside training on the main process (see synthaug.supervisor): started at
+    construction (before the train loader waits for samples), restarted with back-off if it dies, stopped
+    after training; its rate, produced count and restarts go to EventStorage as synthaug/producer_*."""
+
+    def __init__(
+        self,
+        store: str,
+        config: str | None = None,
+        device: str = "cpu",
+        target_pool: int | None = None,
+        max_samples: int | None = None,
+        retire_grace_s: float = 600.0,
+    ) -> None:
+        from detectron2.utils import comm
+
+        from synthaug.supervisor import ProducerSupervisor
+
+        self.supervisor = None
+        if comm.is_main_process():
+            self.supervisor = ProducerSupervisor(
+                store,
+                config=config,
+                device=device,
+                target_pool=target_pool,
+                max_samples=max_samples,
+                retire_grace_s=retire_grace_s,
+                log_fn=logging.getLogger("detectron2").info,
+            )
+            self.supervisor.start()
+
+    def after_step(self) -> None:
+        if self.supervisor is None:
+            return
+        s = self.supervisor.status()
+        storage = self.trainer.storage
+        storage.put_scalar("synthaug/producer_rate", float(s.get("rate", 0.0)), smoothing_hint=False)
+        storage.put_scalar("synthaug/producer_produced", float(s.get("produced", 0)), smoothing_hint=False)
+        storage.put_scalar("synthaug/producer_restarts", float(s["restarts"]), smoothing_hint=False)
+
+    def after_train(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()

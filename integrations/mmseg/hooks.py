@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
@@ -34,6 +36,7 @@ class SyntheticPoolHook(Hook):
         self.interval, self.log_interval = interval, log_interval
         self.mix: SyntheticMixDataset | None = None
         self._per_pass = 1
+        self.refresh_ms = 0.0
 
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
@@ -58,7 +61,9 @@ class SyntheticPoolHook(Hook):
         if self.mix is None:
             return
         if runner.iter and runner.iter % self.interval == 0:
+            t0 = time.perf_counter()
             self.mix.refresh()
+            self.refresh_ms = 1000 * (time.perf_counter() - t0)
         self._tell(runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -68,6 +73,7 @@ class SyntheticPoolHook(Hook):
         hub = runner.message_hub
         for key in ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped"):
             hub.update_scalar(f"train/synthaug_{key}", float(c[key]))
+        hub.update_scalar("train/synthaug_refresh_ms", self.refresh_ms)
 
 
 @HOOKS.register_module()

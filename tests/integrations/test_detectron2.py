@@ -163,3 +163,34 @@ def test_coco_example_config_loads_with_the_drop_in_loader():
     train = cfg.dataloader.train
     assert train._target_.__name__ == "build_synthaug_train_loader" and train.real == "coco_2017_train"
     assert train.mapper.use_instance_mask and train.total_batch_size == 64
+
+
+@pytest.mark.slow
+def test_yacs_trainer_with_a_live_producer(world, tmp_path):
+    fast = tmp_path / "fast.yaml"
+    fast.write_text("batch_size: 2\nsteps: 4\n")
+    store, out = tmp_path / "live_store", tmp_path / "out"
+    done = run(
+        world,
+        str(ROOT / "tools" / "train_net.py"),
+        "--config-file",
+        str(D2_CONFIGS / "toy_mask_rcnn_mix.yaml"),
+        "SYNTHAUG.STORE",
+        str(store),
+        "SYNTHAUG.EMPTY",
+        "wait",
+        "SYNTHAUG.PRODUCER.CONFIG",
+        str(fast),
+        "SYNTHAUG.REFRESH_INTERVAL",
+        "5",
+        "SOLVER.MAX_ITER",
+        "40",
+        "OUTPUT_DIR",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
+    produced = [r["synthaug/producer_produced"] for r in rows if "synthaug/producer_produced" in r]
+    pools = [r["synthaug/pool_size"] for r in rows if "synthaug/pool_size" in r]
+    assert produced and produced[-1] > 0 and pools[-1] >= pools[0] > 0
+    assert "synthaug producer stopped" in done.stdout + done.stderr
