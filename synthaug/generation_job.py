@@ -12,6 +12,24 @@ from synthaug.generator import check_size_before_load, generate_samples, load_mo
 from synthaug.store import StoreWriter, create_store
 
 
+def samples_from_config(cfg: GenerationConfig, model, specs, annotator, batch_size: int | None = None):
+    """generate_samples with the config's sampling, annotation and size settings (one place for both
+    `synthaug generate` and the producer)."""
+    return generate_samples(
+        model,
+        specs,
+        annotator,
+        refine_method=cfg.refine,
+        refine_params=cfg.refine_params,
+        batch_size=batch_size or cfg.batch_size,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        height=cfg.height,
+        width=cfg.width,
+        min_instance_area=cfg.min_instance_area,
+    )
+
+
 def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = None, progress: bool = True) -> int:
     """Generate `num` (default cfg.num) annotated samples into the store at `out`; returns how many were written.
 
@@ -26,19 +44,7 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
         resolve_scheduler_class(cfg.scheduler)
     create_store(out, vocab, image_format=cfg.image_format)
     model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
-    samples = generate_samples(
-        model,
-        specs,
-        annotator,
-        refine_method=cfg.refine,
-        refine_params=cfg.refine_params,
-        batch_size=cfg.batch_size,
-        steps=cfg.steps,
-        guidance=cfg.guidance,
-        height=cfg.height,
-        width=cfg.width,
-        min_instance_area=cfg.min_instance_area,
-    )
+    samples = samples_from_config(cfg, model, specs, annotator)
     written = 0
     with (
         StoreWriter(out, segment=cfg.segment) as writer,

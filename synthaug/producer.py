@@ -110,7 +110,8 @@ class Producer:
     def run(self) -> int:
         """Produce until the target count or a stop signal; returns how many samples this run wrote."""
         from synthaug.annotators import build_annotator
-        from synthaug.generator import generate_samples, load_model
+        from synthaug.generation_job import samples_from_config
+        from synthaug.generator import load_model
         from synthaug.store import SampleStore, StoreWriter, create_store
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,19 +133,7 @@ class Producer:
                 specs = dataclasses.replace(cfg, seed=self.seed_base + writer.count).prompt_specs(n)
                 self._status("producing")
                 t0 = time.perf_counter()
-                for sample in generate_samples(
-                    model,
-                    specs,
-                    annotator,
-                    refine_method=cfg.refine,
-                    refine_params=cfg.refine_params,
-                    batch_size=n,
-                    steps=cfg.steps,
-                    guidance=cfg.guidance,
-                    height=cfg.height,
-                    width=cfg.width,
-                    min_instance_area=cfg.min_instance_area,
-                ):
+                for sample in samples_from_config(cfg, model, specs, annotator, batch_size=n):
                     writer.add(sample)
                     self.produced += 1
                 self.rate = n / max(time.perf_counter() - t0, 1e-9)
