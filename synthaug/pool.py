@@ -8,6 +8,7 @@ Which pool sample fills synthetic slot k of an epoch is a pure function of (snap
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from synthaug.sample import Sample
-from synthaug.store import SampleStore
+from synthaug.store import SampleStore, write_reader_lease
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("uniform", "fresh", "class_balanced", "quality")
 
@@ -79,6 +82,10 @@ class SyntheticPool:
                 break
             time.sleep(0.2)
         chosen = self.store.snapshot_records(dict(snapshot))
+        try:  # the lease keeps what this snapshot holds on disk while producers roll the pool
+            write_reader_lease(self.store.root, dict(snapshot), reader=f"-{id(self):x}")
+        except OSError as err:  # a read-only store has no producer to warn
+            log.debug("no reader lease for %s: %s", self.store.root, err)
         mq = self.params.min_quality
         if mq:
             chosen = [r for r in chosen if all(r.get("quality", {}).get(k, float("-inf")) >= v for k, v in mq.items())]

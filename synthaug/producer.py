@@ -158,16 +158,22 @@ class Producer:
         self._purge(reader)
 
     def _purge(self, reader) -> None:
-        """Delete the files of this segment's samples retired more than retire_grace_s ago."""
-        from synthaug.store import RETIRED, record_segment
+        """Delete the files of this segment's samples retired more than retire_grace_s ago and seen retired by
+        every live reader's snapshot (their leases, see synthaug.store.write_reader_lease), so no reader that may still hold one loses its files."""
+        from synthaug.store import RETIRED, reader_floor, record_segment
 
         cutoff = time.time() - self.retire_grace_s
         try:
             lines = (self.store / RETIRED).read_text().splitlines()
         except FileNotFoundError:
             return
+        floor = reader_floor(self.store)
         old = {d["id"] for d in map(json.loads, filter(None, lines)) if d["time"] <= cutoff}
         for rec in reader.all_records:
-            if rec["id"] in old and record_segment(rec) == self.segment:
-                for key in ("image", "mask"):
-                    (self.store / rec[key]).unlink(missing_ok=True)
+            rid = rec["id"]
+            if rid not in old or record_segment(rec) != self.segment:
+                continue
+            if floor is not None and reader.retired.get(rid, 0) > floor:
+                continue  # a live reader's snapshot predates this retirement: it may still read the sample
+            for key in ("image", "mask"):
+                (self.store / rec[key]).unlink(missing_ok=True)

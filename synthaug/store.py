@@ -424,6 +424,33 @@ class SampleStore:
         return out
 
 
+READERS = "readers"
+#: A reader lease older than this is taken for a reader that is gone (crashed, or finished without cleaning up).
+READER_LEASE_TTL_S = 6 * 3600.0
+
+
+def write_reader_lease(store: str | Path, snapshot: dict[str, int], reader: str = "") -> None:
+    """Tell producers which retirements this reader's snapshot has seen: files of samples retired after it
+    are not deleted while this lease is fresh. `reader` tells apart several readers in one process."""
+    lease = {"retired_offset": snapshot.get(RETIRED_KEY, 0), "time": time.time(), "pid": os.getpid()}
+    path = Path(store) / READERS / f"{socket.gethostname()}-{os.getpid()}{reader}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(lease).encode())
+
+
+def reader_floor(store: str | Path, ttl_s: float = READER_LEASE_TTL_S) -> int | None:
+    """The smallest retired.jsonl offset a live reader's snapshot has seen (None: no live reader)."""
+    now, floor = time.time(), None
+    for path in (Path(store) / READERS).glob("*.json"):
+        try:
+            lease = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if now - lease.get("time", 0) <= ttl_s:
+            floor = lease["retired_offset"] if floor is None else min(floor, lease["retired_offset"])
+    return floor
+
+
 def retire(store: str | Path, ids: Iterable[str]) -> int:
     """Mark samples retired (a rolling pool's oldest): new snapshots leave them out; their files stay until
     the producer purges them after a grace period, so a reader holding an older snapshot can still read them."""

@@ -103,6 +103,19 @@ def test_a_snapshot_keeps_samples_retired_after_it(tmp_path):
     assert other.adopt(snap) == 6 and pool.adopt(snap) == 6
     assert other.adopt(other.current_snapshot()) == 4
 
+    # Files of retired samples stay while a live reader's snapshot predates the retirement (its lease) ...
+    from synthaug.config import GenerationConfig
+    from synthaug.producer import Producer
+
+    producer = Producer(GenerationConfig(), store, segment="p0", retire_grace_s=0)
+    first = store / SampleStore(store).all_records[0]["image"]
+    producer._purge(SampleStore(store))
+    assert first.exists()
+    # ... and go once every live reader has adopted a snapshot that saw it.
+    pool.adopt(pool.current_snapshot())
+    producer._purge(SampleStore(store))
+    assert not first.exists()
+
 
 def test_supervisor_restarts_a_killed_producer_with_backoff(tmp_path, fast_cfg):
     store = tmp_path / "store"
