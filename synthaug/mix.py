@@ -34,7 +34,7 @@ import torch
 from synthaug.augment import MixAugment
 from synthaug.pool import EmptyPoolError, PoolParams, SyntheticPool
 from synthaug.sample import Instance, Sample
-from synthaug.store import STORE_FILE, SampleStore
+from synthaug.store import SampleStore, wait_for_store
 from synthaug.vocabulary import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ class SyntheticMixDataset:
         params = PoolParams(policy, dict(min_quality or {}), max_repeats)
         deadline = time.monotonic() + wait_timeout
         if empty == "wait" and not isinstance(synthetic, SampleStore):
-            while not (Path(synthetic) / STORE_FILE).exists() and time.monotonic() < deadline:
-                time.sleep(0.5)  # a producer that is starting creates the store when its model has loaded
+            wait_for_store(synthetic, wait_timeout)
         self.pool = SyntheticPool(synthetic if isinstance(synthetic, SampleStore) else str(synthetic), params)
         self._lut = self._class_lut(real_classes, class_map)
         self.refresh()

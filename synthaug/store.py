@@ -219,6 +219,17 @@ class ReadStats:
     corrupt: dict[str, str] = field(default_factory=dict)
 
 
+def wait_for_store(path: str | Path, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for a store to exist at `path` (a starting producer creates it once its
+    model has loaded); True if it does."""
+    deadline = time.monotonic() + timeout
+    while not (Path(path) / STORE_FILE).exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def record_segment(record: dict[str, Any]) -> str:
     """The segment a record was written to (its image lives in segments/<segment>/)."""
     return record["image"].split("/")[1]

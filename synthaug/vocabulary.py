@@ -88,10 +88,15 @@ class ClassVocabulary:
     def check_same(self, other: ClassVocabulary | Sequence[str], what: str = "the other dataset") -> None:
         """Raise ValueError, showing both lists, if `other` has different class names or order."""
         other_names = tuple(other.names) if isinstance(other, ClassVocabulary) else tuple(other)
-        if other_names != self.names:
-            raise ValueError(
-                "class vocabularies differ:\n"
-                f"  this one:  {list(self.names)}\n"
-                f"  {what}: {list(other_names)}\n"
-                "Use the same class names in the same order, or give an explicit class mapping."
-            )
+        check_same_names(self.names, other_names, what)
+
+
+def check_same_names(ours: Sequence[str], theirs: Sequence[str], what: str, ours_label: str = "this one") -> None:
+    """Raise ValueError, showing both lists, if two class name lists differ in names or order."""
+    if tuple(ours) != tuple(theirs):
+        raise ValueError(
+            "class vocabularies differ:\n"
+            f"  {ours_label}:  {list(ours)}\n"
+            f"  {what}: {list(theirs)}\n"
+            "Use the same class names in the same order, or give an explicit class mapping."
+        )

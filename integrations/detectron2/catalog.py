@@ -49,16 +49,22 @@ def instance_annotations(sample_instances: list[dict[str, Any]], vocabulary: Cla
     return out
 
 
+def check_instances(store: SampleStore) -> None:
+    """Fail clearly if a store that holds samples has no instances, so it cannot serve an instance task."""
+    if store.records and not any(r.get("instances") for r in store.records):
+        raise ValueError(
+            f"the store {store.root} has no instances, so it cannot train an instance task: use task='sem_seg', "
+            "or regenerate it with instances (min_instance_area in gen.yaml) from an annotator that writes them"
+        )
+
+
 def store_dataset_dicts(store: str | Path, task: str = "instance") -> list[dict]:
     """The store's samples as detectron2 dataset dicts (standard keys only); fails clearly if unusable."""
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {TASKS}")
     s = SampleStore(store)
-    if task == "instance" and s.records and not any(r.get("instances") for r in s.records):
-        raise ValueError(
-            f"the store {s.root} has no instances, so it cannot train an instance task: use task='sem_seg', "
-            "or regenerate it with instances (min_instance_area in gen.yaml) from an annotator that writes them"
-        )
+    if task == "instance":
+        check_instances(s)
     dicts = []
     for rec in s.records:
         d: dict[str, Any] = {
@@ -84,9 +90,10 @@ def register_store(name: str, store_path: str | Path, task: str = "instance") ->
     store_path = Path(store_path).resolve()
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {TASKS}")
-    vocabulary = SampleStore(store_path).vocabulary
+    opened = SampleStore(store_path)
+    vocabulary = opened.vocabulary
     if task == "instance":
-        store_dataset_dicts(store_path, task)  # fail now, at start, if the store has no instances
+        check_instances(opened)  # fail now, at start
     meta = MetadataCatalog.get(name)
     if name in DatasetCatalog.list():
         if getattr(meta, "synthaug_store", None) == str(store_path) and getattr(meta, "synthaug_task", None) == task:

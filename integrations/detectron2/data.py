@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, buil
 from detectron2.data import transforms as T
 from synthaug.integrations.detectron2.catalog import (
     TASKS,
+    check_instances,
     register_coco_entries,
     sample_to_dataset_dict,
     thing_classes,
@@ -20,7 +21,8 @@ from synthaug.integrations.detectron2.catalog import (
 
 from synthaug.augment import BlurAugment, MixAugment
 from synthaug.mix import SyntheticMixDataset
-from synthaug.store import SampleStore
+from synthaug.store import SampleStore, wait_for_store
+from synthaug.vocabulary import check_same_names
 
 
 class BlurTransform(T.Transform):
@@ -89,18 +91,6 @@ def real_dataset_dicts(names: str | Sequence[str]) -> tuple[list[dict], list[str
     return dicts, list(meta.thing_classes) if hasattr(meta, "thing_classes") else None
 
 
-def wait_for_store(store: str, timeout: float) -> None:
-    """Wait up to `timeout` seconds for `store` to exist."""
-    import time
-    from pathlib import Path
-
-    from synthaug.store import STORE_FILE
-
-    deadline = time.monotonic() + timeout
-    while not (Path(store) / STORE_FILE).exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
 def build_mix(
     real: str | Sequence[str],
     store: str,
@@ -113,23 +103,14 @@ def build_mix(
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {TASKS}")
     dicts, real_things = real_dataset_dicts(real)
-    if mix.get("empty") == "wait":  # a producer that is starting creates the store once its model has loaded
+    if mix.get("empty") == "wait":
         wait_for_store(store, float(mix.get("wait_timeout", 600.0)))
-    vocabulary = SampleStore(store).vocabulary
+    opened = SampleStore(store)
+    vocabulary = opened.vocabulary
     if task == "instance":
-        if real_things is not None and real_things != thing_classes(vocabulary):
-            raise ValueError(
-                "class vocabularies differ:\n"
-                f"  store {store} (things): {thing_classes(vocabulary)}\n"
-                f"  real dataset {real}: {real_things}\n"
-                "Use the same class names in the same order, or give class_map."
-            )
-        s = SampleStore(store)
-        if s.records and not any(r.get("instances") for r in s.records):
-            raise ValueError(
-                f"the store {store} has no instances, so it cannot train an instance task: use task='sem_seg', "
-                "or regenerate it with instances"
-            )
+        if real_things is not None:
+            check_same_names(thing_classes(vocabulary), real_things, f"real dataset {real}", f"store {store} (things)")
+        check_instances(opened)
     if isinstance(mix.get("augment"), dict):
         mix["augment"] = MixAugment.from_dict(mix["augment"])
     return SyntheticMixDataset(
