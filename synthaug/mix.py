@@ -40,6 +40,8 @@ from synthaug.vocabulary import IGNORE_INDEX
 log = logging.getLogger(__name__)
 
 COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped")
+#: What the integrations log from counters(), as synthaug_<key> (mmseg) or synthaug/<key> (detectron2).
+LOGGED_COUNTERS = ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped")
 _MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
 _SNAPSHOT_BYTES = 1 << 18
 _MAX_CORRUPT_RETRIES = 16
@@ -172,6 +174,7 @@ class SyntheticMixDataset:
         self.pool: SyntheticPool | None = None
         self._lut: np.ndarray | None = None
         self._real_perm: tuple[int, np.ndarray] | None = None
+        self._repeats: tuple[tuple[int, int, int] | None, int] = (None, 0)
         if self.n_synthetic == 0:
             return
         if synthetic is None:
@@ -249,6 +252,12 @@ class SyntheticMixDataset:
     def set_iteration(self, iteration: int) -> None:
         """Tell the ratio schedule where training is (the integrations' hooks call this)."""
         self.state.clock[1] = int(iteration)
+
+    def follow(self, iteration: int, images_per_iteration: int) -> None:
+        """Tell the mix where training is: the iteration (for ratio schedules) and the pass over the data it
+        makes (the epoch of the draw, for loops that never call set_epoch). Hooks call this every iteration."""
+        self.set_iteration(iteration)
+        self.set_epoch(iteration // max(1, len(self) // max(1, images_per_iteration)))
 
     def active_synthetic(self, iteration: int | None = None) -> int:
         """How many synthetic slots serve synthetic samples at `iteration` (all of them without a schedule)."""
@@ -393,8 +402,11 @@ class SyntheticMixDataset:
         out: dict[str, float] = dict(zip(COUNTERS, total))
         out["pool_size"] = self.pool_size
         if self.pool is not None and len(self.pool) and self.n_synthetic:
-            plan = self.pool.assignment(self.n_synthetic, self.epoch, self.seed)[: self.active_synthetic()]
-            out["repeats"] = int(len(plan) - len(np.unique(plan)))
+            key = (self.epoch, self.active_synthetic(), self._generation)
+            if self._repeats[0] != key:  # hooks ask every iteration; the plan changes only with these
+                plan = self.pool.assignment(self.n_synthetic, self.epoch, self.seed)[: key[1]]
+                self._repeats = (key, int(len(plan) - len(np.unique(plan))))
+            out["repeats"] = self._repeats[1]
         served = out["served_real"] + out["served_synthetic"]
         out["synthetic_share"] = out["served_synthetic"] / served if served else math.nan
         return out

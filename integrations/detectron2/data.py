@@ -20,7 +20,7 @@ from synthaug.integrations.detectron2.catalog import (
 )
 
 from synthaug.augment import BlurAugment, MixAugment
-from synthaug.mix import SyntheticMixDataset
+from synthaug.mix import LOGGED_COUNTERS, SyntheticMixDataset
 from synthaug.store import SampleStore, wait_for_store
 from synthaug.vocabulary import check_same_names
 
@@ -133,7 +133,7 @@ class LoggingLoader:
     def __iter__(self):
         from detectron2.utils.events import get_event_storage
 
-        per_pass = max(1, len(self.mix) // max(1, getattr(self.loader, "batch_size", None) or 1))
+        images_per_iteration = getattr(self.loader, "batch_size", None) or 1
         for step, batch in enumerate(self.loader):
             if step and step % self.interval == 0:
                 self.mix.refresh()
@@ -142,8 +142,7 @@ class LoggingLoader:
             except AssertionError:  # not inside a trainer
                 storage = None
             if storage is not None:
-                self.mix.set_iteration(storage.iter)
-                self.mix.set_epoch(storage.iter // per_pass)
+                self.mix.follow(storage.iter, images_per_iteration)
                 put_counters(storage, self.mix)
             yield batch
 
@@ -151,7 +150,7 @@ class LoggingLoader:
 def put_counters(storage, mix: SyntheticMixDataset) -> None:
     """synthaug/* scalars: synthetic share, pool size, served and skipped samples."""
     c = mix.counters()
-    for key in ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped"):
+    for key in LOGGED_COUNTERS:
         storage.put_scalar(f"synthaug/{key}", float(c[key]), smoothing_hint=False)
 
 

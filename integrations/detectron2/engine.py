@@ -79,15 +79,13 @@ class SyntheticPoolHook(HookBase):
     write synthaug/* scalars (synthetic share, pool size, served and skipped samples) to EventStorage."""
 
     def __init__(self, mix: SyntheticMixDataset, interval: int = 50, images_per_iter: int = 1) -> None:
-        self.mix, self.interval = mix, interval
-        self._per_pass = max(1, len(mix) // max(1, images_per_iter))
+        self.mix, self.interval, self.images_per_iter = mix, interval, images_per_iter
 
     def before_step(self) -> None:
         it = self.trainer.iter
         if it and it % self.interval == 0:
             self.mix.refresh()
-        self.mix.set_iteration(it)
-        self.mix.set_epoch(it // self._per_pass)
+        self.mix.follow(it, self.images_per_iter)
 
     def after_step(self) -> None:
         put_counters(self.trainer.storage, self.mix)

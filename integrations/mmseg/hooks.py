@@ -7,7 +7,7 @@ import time
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
-from synthaug.mix import SyntheticMixDataset
+from synthaug.mix import LOGGED_COUNTERS, SyntheticMixDataset
 
 
 def find_mix(dataset) -> SyntheticMixDataset | None:
@@ -35,7 +35,7 @@ class SyntheticPoolHook(Hook):
             raise ValueError("SyntheticPoolHook: interval and log_interval must be >= 1")
         self.interval, self.log_interval = interval, log_interval
         self.mix: SyntheticMixDataset | None = None
-        self._per_pass = 1
+        self._images_per_iter = 1
         self.refresh_ms = 0.0
 
     def before_train(self, runner) -> None:
@@ -45,17 +45,12 @@ class SyntheticPoolHook(Hook):
             runner.logger.warning("SyntheticPoolHook: the training dataset holds no synthaug mix; nothing to do")
             return
         world = runner.world_size if hasattr(runner, "world_size") else 1
-        self._per_pass = max(1, len(self.mix) // max(1, loader.batch_size * world))
-        self._tell(runner.iter)
+        self._images_per_iter = loader.batch_size * world
+        self.mix.follow(runner.iter, self._images_per_iter)
         runner.logger.info(
             f"synthaug: mixing {self.mix.n_real} real and {self.mix.n_synthetic} synthetic slots per pass "
             f"(ratio {self.mix.schedule.max}), pool {self.mix.pool_size}"
         )
-
-    def _tell(self, iteration: int) -> None:
-        assert self.mix is not None
-        self.mix.set_iteration(iteration)
-        self.mix.set_epoch(iteration // self._per_pass)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self.mix is None:
@@ -64,14 +59,14 @@ class SyntheticPoolHook(Hook):
             t0 = time.perf_counter()
             self.mix.refresh()
             self.refresh_ms = 1000 * (time.perf_counter() - t0)
-        self._tell(runner.iter)
+        self.mix.follow(runner.iter, self._images_per_iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.mix is None or (runner.iter + 1) % self.log_interval:
             return
         c = self.mix.counters()
         hub = runner.message_hub
-        for key in ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped"):
+        for key in LOGGED_COUNTERS:
             hub.update_scalar(f"train/synthaug_{key}", float(c[key]))
         hub.update_scalar("train/synthaug_refresh_ms", self.refresh_ms)
 
