@@ -168,7 +168,10 @@ class SyntheticProducerHook(HookBase):
             self.supervisor.start()
 
     def after_step(self) -> None:
-        if self.supervisor is None:
+        # The status is a file the producer writes: read it when detectron2's writers write (every 20
+        # iterations and at the end), not on every step.
+        nxt = self.trainer.iter + 1
+        if self.supervisor is None or (nxt % 20 and nxt < self.trainer.max_iter):
             return
         s = self.supervisor.status()
         storage = self.trainer.storage

@@ -50,8 +50,10 @@ class SynthaugPaste(BaseTransform):
     def _draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
         if self._store is None:
             self._store = SampleStore(self.store_path)
-        out = []
-        while len(out) < n and len(self._store):
+        out: list[Sample] = []
+        for _ in range(4 * n):  # bounded: a store of corrupt samples must not hang the pipeline
+            if len(out) == n or not len(self._store):
+                break
             s = self._store.try_read(int(rng.integers(len(self._store))))
             if s is not None:
                 if not s.instances:

@@ -246,3 +246,24 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
     assert "exited with -9; restarting" in out and out.count("synthaug producer started") >= 2
     assert "synthaug producer stopped" in out
     assert cli(["verify", str(store)]) == 0
+
+
+def test_paste_transform_with_only_corrupt_samples_returns_the_image_unchanged(tmp_path):
+    import numpy as np
+    import synthaug.integrations.mmseg  # noqa: F401
+    from synthaug.integrations.mmseg.transforms import SynthaugPaste
+
+    from synthaug.store import SampleStore, StoreWriter, create_store
+    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+    store = create_store(tmp_path / "s", TOY_VOCABULARY)
+    with StoreWriter(store, "g", fsync=False) as w:
+        for i in range(3):
+            w.add(render_seed(i, 32).to_sample())
+    for rec in SampleStore(store).records:
+        (store / rec["image"]).write_bytes(b"broken")
+    r = render_seed(9, 32)
+    out = SynthaugPaste(str(store), p=1.0).transform(
+        {"img": r.image[..., ::-1].copy(), "gt_seg_map": r.semantic.copy()}
+    )
+    assert np.array_equal(out["gt_seg_map"], r.semantic) and np.array_equal(out["img"], r.image[..., ::-1])
