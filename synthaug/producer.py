@@ -159,16 +159,13 @@ class Producer:
 
     def _purge(self, reader) -> None:
         """Delete the files of this segment's samples retired more than retire_grace_s ago and seen retired by
-        every live reader's snapshot (their leases, see synthaug.store.write_reader_lease), so no reader that may still hold one loses its files."""
-        from synthaug.store import RETIRED, reader_floor, record_segment
+        every live reader's snapshot (their leases, see synthaug.store.write_reader_lease), so no reader that
+        may still hold one loses its files. `reader` must be refreshed."""
+        from synthaug.store import reader_floor, record_segment
 
         cutoff = time.time() - self.retire_grace_s
-        try:
-            lines = (self.store / RETIRED).read_text().splitlines()
-        except FileNotFoundError:
-            return
         floor = reader_floor(self.store)
-        old = {d["id"] for d in map(json.loads, filter(None, lines)) if d["time"] <= cutoff}
+        old = {rid for rid, when in reader.retired_at.items() if when <= cutoff}
         for rec in reader.all_records:
             rid = rec["id"]
             if rid not in old or record_segment(rec) != self.segment:

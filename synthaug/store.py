@@ -250,6 +250,7 @@ class SampleStore:
         self.records: list[dict[str, Any]] = []  # live: neither quarantined nor retired
         self.all_records: list[dict[str, Any]] = []  # also the retired ones, which snapshots may still hold
         self.retired: dict[str, int] = {}  # id -> end offset of its line in retired.jsonl
+        self.retired_at: dict[str, float] = {}  # id -> when it was retired
         self.stats = ReadStats()
         self._offsets: dict[str, int] = {}
         self._quarantine_offset = 0
@@ -327,7 +328,9 @@ class SampleStore:
         for line in chunk[:end].splitlines(keepends=True):
             pos += len(line)
             if line.strip():
-                self.retired[json.loads(line)["id"]] = pos
+                entry = json.loads(line)
+                self.retired[entry["id"]] = pos
+                self.retired_at[entry["id"]] = entry["time"]
                 added = True
         self._retired_offset += end
         if added:
