@@ -4,6 +4,11 @@
         ...run the denoising loop, calling store.begin_step(i, n) and store.set_layout(...)...
     maps = store.cross_maps()          # {factor: (B, h, w, L)} averaged over layers, heads and steps
 
+With ``CaptureSpec(features=(1, 2, 4), timestep=50)`` the same context also keeps, at the one
+denoising step whose timestep is nearest 50, the UNet decoder's features (each up block's
+output before its upsampler) and that step's cross-attention (``cross_maps(at_step=True)``):
+what the learned decoder annotator reads.
+
 Each captured layer keeps its original (fused) processor for its output; the capturing
 wrapper only recomputes the attention probabilities of the rows it needs (the conditional
 half under classifier-free guidance) at the resolutions and steps the method uses, and adds
@@ -26,14 +31,23 @@ import torch
 
 @dataclass(frozen=True)
 class CaptureSpec:
-    """What to capture: cross- and self-attention factors, and the share of steps (start, end) in [0, 1]."""
+    """What to capture: cross- and self-attention factors, UNet decoder feature factors, and when.
+
+    `step_range` is the share of steps (start, end) in [0, 1] over which attention is averaged.
+    `timestep`, when set, picks the one step (the nearest timestep) whose features and
+    cross-attention are kept apart: the learned decoder is trained at one timestep.
+    """
 
     cross_factors: tuple[int, ...] = (1, 2)
     self_factors: tuple[int, ...] = ()
     step_range: tuple[float, float] = (0.0, 1.0)
+    features: tuple[int, ...] = ()
+    timestep: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("cross_factors", "self_factors"):
+        if self.timestep is not None and self.timestep < 0:
+            raise ValueError(f"CaptureSpec.timestep={self.timestep} must be >= 0 (a training timestep of the model)")
+        for name in ("cross_factors", "self_factors", "features"):
             bad = [f for f in getattr(self, name) if f < 1 or (f & (f - 1))]
             if bad:
                 raise ValueError(f"CaptureSpec.{name} has {bad}: factors are powers of two >= 1 (1 = latent size).")
@@ -50,10 +64,20 @@ class AttentionStore:
     latent_hw: tuple[int, int] = (0, 0)
     cond_rows: slice = field(default_factory=lambda: slice(None))
     active: bool = False
+    at_step: bool = False
     cross_sum: dict[int, torch.Tensor] = field(default_factory=dict)
     cross_count: dict[int, int] = field(default_factory=dict)
     self_sum: dict[int, torch.Tensor] = field(default_factory=dict)
     self_count: dict[int, int] = field(default_factory=dict)
+    feature_sum: dict[int, torch.Tensor] = field(default_factory=dict)
+    feature_count: dict[int, int] = field(default_factory=dict)
+    step_cross_sum: dict[int, torch.Tensor] = field(default_factory=dict)
+    step_cross_count: dict[int, int] = field(default_factory=dict)
+    schedule: tuple[int, ...] = ()
+
+    def set_schedule(self, timesteps) -> None:
+        """The denoising loop's timesteps, so that `CaptureSpec.timestep` can pick its step."""
+        self.schedule = tuple(int(t) for t in timesteps)
 
     def set_layout(self, latent_hw: tuple[int, int], cond_rows: slice) -> None:
         """Tell the store the latent size and which batch rows are the conditional ones."""
@@ -61,15 +85,20 @@ class AttentionStore:
         self.cond_rows = cond_rows
 
     def begin_step(self, index: int, total: int) -> None:
-        """Mark the start of denoising step `index` of `total`; capture only inside spec.step_range."""
+        """Mark the start of denoising step `index` of `total`: is it inside spec.step_range, is it spec.timestep's."""
         pos = (index + 0.5) / max(total, 1)
         self.active = self.spec.step_range[0] <= pos < self.spec.step_range[1]
+        self.at_step = False
+        if self.spec.timestep is not None:
+            if len(self.schedule) != total:
+                raise RuntimeError("CaptureSpec.timestep needs store.set_schedule(timesteps) before the loop")
+            self.at_step = index == min(range(total), key=lambda i: abs(self.schedule[i] - self.spec.timestep))
 
     def reset(self) -> None:
-        self.cross_sum.clear()
-        self.cross_count.clear()
-        self.self_sum.clear()
-        self.self_count.clear()
+        for d in (self.cross_sum, self.cross_count, self.self_sum, self.self_count):
+            d.clear()
+        for d in (self.feature_sum, self.feature_count, self.step_cross_sum, self.step_cross_count):
+            d.clear()
 
     def factor_of(self, tokens: int) -> tuple[int, int, int] | None:
         """(factor, h, w) of a layer whose queries number `tokens`; None if no power-of-two fits."""
@@ -88,7 +117,13 @@ class AttentionStore:
         return math.ceil(H / factor), math.ceil(W / factor)
 
     def add(self, kind: str, factor: int, probs: torch.Tensor) -> None:
-        sums, counts = (self.cross_sum, self.cross_count) if kind == "cross" else (self.self_sum, self.self_count)
+        """Add a captured tensor of `kind` ('cross', 'self', 'feature', 'step_cross') at `factor` to its running sum."""
+        sums, counts = {
+            "cross": (self.cross_sum, self.cross_count),
+            "self": (self.self_sum, self.self_count),
+            "feature": (self.feature_sum, self.feature_count),
+            "step_cross": (self.step_cross_sum, self.step_cross_count),
+        }[kind]
         probs = probs.detach().float()
         if factor in sums:
             sums[factor].add_(probs)
@@ -96,19 +131,23 @@ class AttentionStore:
             sums[factor] = probs.clone()
         counts[factor] = counts.get(factor, 0) + 1
 
-    def cross_maps(self) -> dict[int, torch.Tensor]:
-        """{factor: (B, h, w, L)} cross-attention averaged over captured layers, heads and steps."""
-        return {
-            f: (s / self.cross_count[f]).reshape(s.shape[0], *self.grid(f), s.shape[-1])
-            for f, s in self.cross_sum.items()
-        }
+    def cross_maps(self, at_step: bool = False) -> dict[int, torch.Tensor]:
+        """{factor: (B, h, w, L)} cross-attention averaged over captured layers, heads and steps
+        (`at_step`: at spec.timestep's step only)."""
+        sums, counts = (self.step_cross_sum, self.step_cross_count) if at_step else (self.cross_sum, self.cross_count)
+        return {f: (s / counts[f]).reshape(s.shape[0], *self.grid(f), s.shape[-1]) for f, s in sums.items()}
 
     def self_maps(self) -> dict[int, torch.Tensor]:
         """{factor: (B, h*w, h*w)} self-attention (rows: queries) averaged over layers, heads and steps."""
         return {f: s / self.self_count[f] for f, s in self.self_sum.items()}
 
+    def feature_maps(self) -> dict[int, torch.Tensor]:
+        """{factor: (B, C, h, w)} UNet decoder features averaged over the captured steps."""
+        return {f: s / self.feature_count[f] for f, s in self.feature_sum.items()}
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (self.cross_sum, self.self_sum) for t in d.values())
+        sums = (self.cross_sum, self.self_sum, self.feature_sum, self.step_cross_sum)
+        return sum(t.numel() * t.element_size() for d in sums for t in d.values())
 
 
 class CapturingProcessor:
@@ -123,17 +162,16 @@ class CapturingProcessor:
     ):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         store = self.store
-        if store.active and hidden_states.ndim == 3 and attn.spatial_norm is None:
+        if (store.active or store.at_step) and hidden_states.ndim == 3 and attn.spatial_norm is None:
             kind = "self" if encoder_hidden_states is None else "cross"
             wanted = store.spec.self_factors if kind == "self" else store.spec.cross_factors
             geometry = store.factor_of(hidden_states.shape[1])
-            if geometry is not None and geometry[0] in wanted:
+            kinds = [k for k, on in ((kind, store.active), ("step_cross", store.at_step and kind == "cross")) if on]
+            if geometry is not None and geometry[0] in wanted and kinds:
                 with torch.no_grad():
-                    store.add(
-                        kind,
-                        geometry[0],
-                        attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, store.cond_rows),
-                    )
+                    probs = attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, store.cond_rows)
+                    for k in kinds:
+                        store.add(k, geometry[0], probs)
         return out
 
 
@@ -183,7 +221,30 @@ def capture_attention(unet, spec: CaptureSpec) -> Iterator[AttentionStore]:
         for name, proc in originals.items()
     }
     unet.set_attn_processor(wrapped)
+    handles = feature_hooks(unet, store) if spec.features else []
     try:
         yield store
     finally:
+        for h in handles:
+            h.remove()
         unet.set_attn_processor(originals)
+
+
+def feature_hooks(unet, store: AttentionStore) -> list:
+    """Hooks that add each up block's features (before its upsampler) to `store` at the wanted factors."""
+
+    def keep(x: torch.Tensor) -> None:
+        if not (store.at_step if store.spec.timestep is not None else store.active) or x.ndim != 4:
+            return
+        f = store.latent_hw[0] // x.shape[-2] if x.shape[-2] else 0
+        if f in store.spec.features and store.grid(f) == tuple(x.shape[-2:]):
+            store.add("feature", f, x[store.cond_rows])
+
+    handles = []
+    for block in unet.up_blocks:
+        upsamplers = getattr(block, "upsamplers", None)
+        if upsamplers:
+            handles.append(upsamplers[0].register_forward_pre_hook(lambda mod, args: keep(args[0])))
+        else:
+            handles.append(block.register_forward_hook(lambda mod, args, out: keep(out)))
+    return handles

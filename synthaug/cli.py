@@ -1,4 +1,4 @@
-"""The `synthaug` command line: demo, generate, toy-data, verify, stats, export, show."""
+"""The `synthaug` command line: demo, generate, produce, train-annotator, toy-data, verify, stats, export, show."""
 
 from __future__ import annotations
 
@@ -69,6 +69,39 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     print(f"[produce] segment {producer.segment} on {producer.cfg.device} into {args.store}", flush=True)
     n = producer.run()
     print(f"[produce] stopped after {n} samples ({producer.retired} retired)", flush=True)
+    return 0
+
+
+def _cmd_train_annotator(args: argparse.Namespace) -> int:
+    from synthaug.annotators.decoder_training import TrainOptions, read_labelled_folder, train_decoder
+    from synthaug.config import GenerationConfig
+    from synthaug.generator import load_model
+
+    cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
+    model_path = args.model or cfg.model
+    options = TrainOptions(
+        timestep=args.timestep,
+        attention_factors=tuple(args.attention_factors),
+        width=args.width,
+        instances=not args.no_instances,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        template=args.template,
+        seed=args.seed,
+    )
+    vocab = cfg.class_vocabulary()
+    model = load_model(model_path, device=args.device or cfg.device)
+    data = read_labelled_folder(
+        args.images, args.masks, args.size or model.default_size, instances_dir=args.instances, limit=args.limit
+    )
+    options.check(len(data))
+    print(f"[train-annotator] {len(data)} labelled images, model {model.path}, classes {list(vocab.names)}")
+    result = train_decoder(model, data, vocab, options, out=args.out)
+    print(
+        f"wrote {result.path} ({result.record['seconds']:.0f} s); generate with it: method: decoder, "
+        f"annotator: {{path: {result.path}}} in gen.yaml"
+    )
     return 0
 
 
@@ -154,6 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
     prod.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone (supervisors)")
     prod.set_defaults(func=_cmd_produce)
+
+    ta = sub.add_parser(
+        "train-annotator", help="train the learned decoder annotator (DatasetDM) on a few labelled images"
+    )
+    ta.add_argument("--images", type=Path, required=True, help="folder of labelled images")
+    ta.add_argument("--masks", type=Path, required=True, help="folder of mask PNGs (pixel = class id), same file stems")
+    ta.add_argument("--instances", type=Path, default=None, help="optional instance-id PNGs (0 = none), same stems")
+    ta.add_argument("--out", type=Path, required=True, help="the annotator file to write (.safetensors)")
+    ta.add_argument("--model", default=None, help="local diffusers model folder (default: the config's, else toy)")
+    ta.add_argument("--config", type=Path, default=None, help="gen.yaml whose model and vocabulary it will serve")
+    ta.add_argument("--device", default=None, help="e.g. cpu, cuda (default: the config's)")
+    ta.add_argument("--size", type=int, default=None, help="resize images to this side (default: the model's)")
+    ta.add_argument("--iterations", type=int, default=600, help="training iterations (default: 600)")
+    ta.add_argument("--batch-size", type=int, default=8)
+    ta.add_argument("--timestep", type=int, default=50, help="the timestep whose features it reads (default: 50)")
+    ta.add_argument(
+        "--attention-factors", type=int, nargs="+", default=[1, 2], help="cross-attention factors read (default: 1 2)"
+    )
+    ta.add_argument("--width", type=int, default=64, help="decoder channels (default: 64)")
+    ta.add_argument("--no-instances", action="store_true", help="semantic head only")
+    ta.add_argument("--val-fraction", type=float, default=0.2, help="held-out share scored with mIoU (default: 0.2)")
+    ta.add_argument("--template", default="a {cls}", help="prompt of a labelled image; {cls} = its class names")
+    ta.add_argument("--limit", type=int, default=None, help="use the first N labelled images only")
+    ta.add_argument("--seed", type=int, default=0)
+    ta.set_defaults(func=_cmd_train_annotator)
 
     verify = sub.add_parser("verify", help="read every sample of a store back and report problems")
     verify.add_argument("store", type=Path)

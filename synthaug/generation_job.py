@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synthaug.annotators import build_annotator
+from synthaug.annotators import build_annotator, prepare_annotator
 from synthaug.config import GenerationConfig
 from synthaug.generator import check_size_before_load, generate_samples, load_model, resolve_scheduler_class
 from synthaug.store import StoreWriter, create_store
@@ -38,12 +38,15 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     """
     vocab = cfg.class_vocabulary()
     annotator = build_annotator(cfg.method, cfg.annotator)
+    if hasattr(annotator, "check_vocabulary"):
+        annotator.check_vocabulary(vocab)
     specs = cfg.prompt_specs(num)
     check_size_before_load(cfg.model, cfg.height, cfg.width)
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
     create_store(out, vocab, image_format=cfg.image_format)
     model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
+    prepare_annotator(annotator, model, vocab)
     samples = samples_from_config(cfg, model, specs, annotator)
     written = 0
     with (

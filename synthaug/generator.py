@@ -261,6 +261,7 @@ def generate_batch(
         x = latents
         if store is not None:
             store.set_layout((lh, lw), slice(n, 2 * n) if cfg else slice(0, n))
+            store.set_schedule(sched.timesteps)
         for i, t in enumerate(sched.timesteps):
             if store is not None:
                 store.begin_step(i, len(sched.timesteps))
@@ -300,7 +301,7 @@ def generate_samples(
 ) -> Iterator[Sample]:
     """Generate and annotate every prompt spec, batch by batch; yield Samples with instances and quality."""
     from synthaug import __version__
-    from synthaug.annotators.instances import instances_from_mask, quality_figures
+    from synthaug.annotators.instances import annotation_instances, quality_figures
     from synthaug.annotators.refine import REFINERS, refine
 
     if refine_method not in REFINERS:
@@ -336,13 +337,14 @@ def generate_samples(
         )
         for i, spec in enumerate(chunk):
             image = out.images[i]
-            maps = annotator.maps(out.store, i, groups[b + i], image.shape[:2])
+            class_ids = [t.class_id for t in spec.targets]
+            maps = annotator.maps(out.store, i, groups[b + i], image.shape[:2], class_ids)
             maps = refine(maps, image, refine_method, **(refine_params or {}))
-            ann = annotator.label(maps, [t.class_id for t in spec.targets])
+            ann = annotator.label(maps, class_ids)
             yield Sample(
                 image=image,
                 mask=ann.mask,
-                instances=instances_from_mask(ann.mask, min_instance_area, confidence=ann.confidence),
+                instances=annotation_instances(ann, min_instance_area),
                 prompt=spec.text,
                 seed=spec.seed,
                 quality=quality_figures(ann, len(spec.targets), min_instance_area),

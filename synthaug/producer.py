@@ -109,7 +109,7 @@ class Producer:
 
     def run(self) -> int:
         """Produce until the target count or a stop signal; returns how many samples this run wrote."""
-        from synthaug.annotators import build_annotator
+        from synthaug.annotators import build_annotator, prepare_annotator
         from synthaug.generation_job import samples_from_config
         from synthaug.generator import load_model
         from synthaug.store import SampleStore, StoreWriter, create_store
@@ -121,6 +121,7 @@ class Producer:
         create_store(self.store, cfg.class_vocabulary(), image_format=cfg.image_format)
         self._status("loading")
         model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
+        prepare_annotator(annotator, model, cfg.class_vocabulary())
         reader = SampleStore(self.store)
         with StoreWriter(self.store, segment=self.segment, resume=True) as writer:
             while not self.stops and (self.max_samples is None or self.produced < self.max_samples):

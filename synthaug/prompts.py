@@ -85,7 +85,8 @@ class PromptSpec:
         return [words_positions(tokenizer, self.text, t.words, t.occurrence) for t in self.targets]
 
 
-def _targets(vocab: ClassVocabulary, text: str, classes: Sequence[str]) -> tuple[ObjectTarget, ...]:
+def class_targets(vocab: ClassVocabulary, text: str, classes: Sequence[str]) -> tuple[ObjectTarget, ...]:
+    """One target per class name, naming it by whichever of its words the prompt uses."""
     out = []
     for name in dict.fromkeys(classes):
         words = tuple(w for w in vocab.words_for(name) if word_spans(text, w))
@@ -126,7 +127,7 @@ def template_prompts(
         first = fg[i % len(fg)]
         names = [first, *rng.sample([c for c in fg if c != first], k - 1)]
         text = rng.choice(templates).format(cls=joiner.join(vocab.prompt_word(n) for n in names))
-        out.append(PromptSpec(text, _targets(vocab, text, names), seed * 1_000_003 + i))
+        out.append(PromptSpec(text, class_targets(vocab, text, names), seed * 1_000_003 + i))
     return out
 
 
@@ -155,7 +156,7 @@ def caption_prompts(
     return [
         PromptSpec(
             specs[i % len(specs)][0],
-            _targets(vocab, specs[i % len(specs)][0], specs[i % len(specs)][1]),
+            class_targets(vocab, specs[i % len(specs)][0], specs[i % len(specs)][1]),
             seed * 1_000_003 + i,
         )
         for i in range(count)

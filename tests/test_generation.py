@@ -136,3 +136,47 @@ def test_template_prompts_use_synonyms_and_balance_classes():
     assert specs[2].targets[0].words == ("motorbike",)
     assert len({s.seed for s in specs}) == 6
     assert isinstance(np.array([t.class_id for s in specs for t in s.targets]), np.ndarray)
+
+
+def test_learned_decoder_on_a_stable_diffusion_folder(tiny_sd, tmp_path):
+    """train-annotator and generation with `method: decoder` through a VAE model with a BPE tokenizer."""
+    import numpy as np
+    from PIL import Image
+
+    from synthaug.annotators.decoder import load_decoder
+    from synthaug.imageio import mask_to_png
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann").mkdir()
+    for i in range(4):
+        mask = np.zeros((64, 64), np.uint8)
+        y, x = rng.integers(0, 32, 2)
+        mask[y : y + 24, x : x + 24] = 1 + i % 3
+        image = np.asarray(VOCAB["palette"], np.uint8)[mask] // 2 + rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(image).save(tmp_path / "img" / f"{i}.jpg")
+        mask_to_png(mask, VOCAB["palette"]).save(tmp_path / "ann" / f"{i}.png")
+    prompts = {"source": "templates", "templates": ["a photo of a {cls}"]}
+    cfg = _write(tmp_path, vocabulary=VOCAB, prompts=prompts, steps=2, num=2, batch_size=2, height=64, width=64)
+    out = tmp_path / "decoder.safetensors"
+    args = ["train-annotator", "--model", str(tiny_sd), "--config", str(cfg), "--images", str(tmp_path / "img")]
+    args += ["--masks", str(tmp_path / "ann"), "--out", str(out), "--iterations", "4", "--attention-factors", "1"]
+    assert cli([*args, "--val-fraction", "0.25", "--width", "16"]) == 0
+    saved = load_decoder(out)
+    assert saved.cfg.feature_factors == (1, 2) and saved.cfg.class_names == tuple(VOCAB["names"])
+    assert saved.record["train_images"] == 3 and saved.record["heldout_images"] == 1
+    gen = _write(
+        tmp_path,
+        vocabulary=VOCAB,
+        prompts=prompts,
+        steps=2,
+        num=2,
+        batch_size=2,
+        height=64,
+        width=64,
+        method="decoder",
+        annotator={"path": str(out)},
+    )
+    assert cli(["generate", "--config", str(gen), "--out", str(tmp_path / "store"), "--model", str(tiny_sd)]) == 0
+    store = SampleStore(tmp_path / "store")
+    assert len(store) == 2 and store.read(0).mask.shape == (64, 64)

@@ -1,4 +1,4 @@
-"""Annotators: captured attention (and later, features) -> masks. Build one by name with `build_annotator`."""
+"""Annotators: captured attention and UNet features -> masks. Build one by name with `build_annotator`."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from typing import Any
 
 from synthaug.annotators.base import Annotation, Annotator
 from synthaug.annotators.cross_attention import CrossAttentionAnnotator, CrossAttentionParams
+from synthaug.annotators.decoder import DecoderAnnotator, DecoderParams
 from synthaug.annotators.self_refined import SelfRefinedAnnotator, SelfRefinedParams
 
 ANNOTATORS = {
     "cross_attention": (CrossAttentionAnnotator, CrossAttentionParams),
     "self_refined": (SelfRefinedAnnotator, SelfRefinedParams),
+    "decoder": (DecoderAnnotator, DecoderParams),
 }
 
-__all__ = ["ANNOTATORS", "Annotation", "Annotator", "build_annotator"]
+__all__ = ["ANNOTATORS", "Annotation", "Annotator", "build_annotator", "prepare_annotator"]
 
 
 def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annotator:
@@ -30,3 +32,11 @@ def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annota
         if isinstance(value, list):
             params[key] = tuple(value)
     return cls(params_cls(**params))
+
+
+def prepare_annotator(annotator: Annotator, model, vocab) -> None:
+    """Check an annotator against the model and class vocabulary it will run with (the learned decoder
+    was trained for one of each); attention annotators need no check."""
+    for check, arg in (("check_vocabulary", vocab), ("check_model", model)):
+        if hasattr(annotator, check):
+            getattr(annotator, check)(arg)

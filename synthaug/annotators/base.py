@@ -14,11 +14,18 @@ from synthaug.attention import AttentionStore, CaptureSpec
 
 @dataclass
 class Annotation:
-    """Semantic mask (H, W) uint8 with 255 = ignore, winning object per pixel (-1 none), confidence in [0, 1]."""
+    """Semantic mask (H, W) uint8 with 255 = ignore, winning object per pixel (-1 none), confidence in [0, 1].
+
+    `by_object` says that `winner` separates objects of one class (so instances come from it),
+    rather than only ranking the prompt's attention maps; `instance_ids` (H, W), -1 = none, is a
+    learned instance split that further divides them.
+    """
 
     mask: np.ndarray
     winner: np.ndarray
     confidence: np.ndarray
+    by_object: bool = False
+    instance_ids: np.ndarray | None = None
 
 
 class Annotator(Protocol):
@@ -30,7 +37,12 @@ class Annotator(Protocol):
     def capture(self) -> CaptureSpec: ...
 
     def maps(
-        self, store: AttentionStore, index: int, groups: Sequence[Sequence[int]], size: tuple[int, int]
+        self,
+        store: AttentionStore,
+        index: int,
+        groups: Sequence[Sequence[int]],
+        size: tuple[int, int],
+        class_ids: Sequence[int] | None = None,
     ) -> torch.Tensor: ...
 
     def label(self, maps: torch.Tensor, class_ids: Sequence[int]) -> Annotation: ...

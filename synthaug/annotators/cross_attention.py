@@ -105,7 +105,12 @@ class CrossAttentionAnnotator:
         return CaptureSpec(cross_factors=tuple(sorted(set(self.params.factors))))
 
     def maps(
-        self, store: AttentionStore, index: int, groups: Sequence[Sequence[int]], size: tuple[int, int]
+        self,
+        store: AttentionStore,
+        index: int,
+        groups: Sequence[Sequence[int]],
+        size: tuple[int, int],
+        class_ids: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """(K, H, W) object maps in [0, 1] of image `index` of a captured batch."""
         cross = {f: m[index : index + 1] for f, m in store.cross_maps().items()}

@@ -33,6 +33,48 @@ def instances_from_mask(
     return out
 
 
+def instances_from_winner(ann: Annotation, min_area: float = 0.002, background_id: int | None = 0) -> list[Instance]:
+    """One Instance per 8-connected component of each winning object; two touching objects of one class
+    stay two. A component that holds several predicted instances (`ann.instance_ids`) of at least
+    `min_area` each is split between them, every pixel going to the nearest one."""
+    mask, winner = ann.mask, ann.winner
+    limit = min_area * mask.size if min_area < 1 else min_area
+    labelled = (winner >= 0) & (mask != IGNORE_INDEX) & (mask != background_id)
+    out = []
+    for k in np.unique(winner[labelled]):
+        labels, n = ndimage.label(labelled & (winner == k), structure=np.ones((3, 3), bool))
+        for j in range(1, n + 1):
+            comp = labels == j
+            if comp.sum() < limit:
+                continue
+            for part in split_component(comp, ann.instance_ids, limit):
+                cls = np.bincount(mask[part]).argmax()
+                out.append(Instance.from_mask(int(cls), part, float(ann.confidence[part].mean())))
+    return out
+
+
+def split_component(comp: np.ndarray, ids: np.ndarray | None, limit: float) -> list[np.ndarray]:
+    """`comp` (H, W) bool as one part, or split between the predicted instances in it that reach `limit`."""
+    if ids is None:
+        return [comp]
+    inside = ids[comp]
+    keep = [i for i, c in zip(*np.unique(inside[inside >= 0], return_counts=True)) if c >= limit]
+    if len(keep) < 2:
+        return [comp]
+    seeds = comp & np.isin(ids, keep)
+    # Every pixel of the component takes the id of its nearest seed pixel.
+    _, (iy, ix) = ndimage.distance_transform_edt(~seeds, return_indices=True)
+    nearest = ids[iy, ix]
+    return [comp & (nearest == i) for i in keep]
+
+
+def annotation_instances(ann: Annotation, min_area: float = 0.002, background_id: int | None = 0) -> list[Instance]:
+    """The instances of an annotation: by winning object where it separates objects, else by class components."""
+    if ann.by_object:
+        return instances_from_winner(ann, min_area, background_id)
+    return instances_from_mask(ann.mask, min_area, background_id, confidence=ann.confidence)
+
+
 def quality_figures(
     ann: Annotation, num_targets: int, min_area: float = 0.002, background_id: int = 0
 ) -> dict[str, float]:

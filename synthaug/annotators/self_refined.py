@@ -109,7 +109,12 @@ class SelfRefinedAnnotator:
         )
 
     def maps(
-        self, store: AttentionStore, index: int, groups: Sequence[Sequence[int]], size: tuple[int, int]
+        self,
+        store: AttentionStore,
+        index: int,
+        groups: Sequence[Sequence[int]],
+        size: tuple[int, int],
+        class_ids: Sequence[int] | None = None,
     ) -> torch.Tensor:
         return self_refined_maps(store, index, groups, self.params, size)
 

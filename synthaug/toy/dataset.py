@@ -3,6 +3,7 @@
     root/
       img_dir/{train,val,test}/toy_000123.png      RGB images
       ann_dir/{train,val,test}/toy_000123.png      palette PNG masks, pixel = class id
+      inst_dir/{train,val,test}/toy_000123.png     greyscale PNG, pixel = object number (0 = none)
       annotations/instances_{split}.json           COCO, segmentation as compressed RLE
       dataset.json                                 class vocabulary, split sizes and seeds
 
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from synthaug import rle
@@ -44,8 +46,9 @@ def write_toy_dataset(
     for s_idx, (split, count) in enumerate(splits.items()):
         img_dir = root / "img_dir" / split
         ann_dir = root / "ann_dir" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        ann_dir.mkdir(parents=True, exist_ok=True)
+        inst_dir = root / "inst_dir" / split
+        for folder in (img_dir, ann_dir, inst_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
             scene_seed = split_seed(s_idx, i, seed)
@@ -53,6 +56,10 @@ def write_toy_dataset(
             name = f"toy_{scene_seed:09d}"
             Image.fromarray(r.image).save(img_dir / f"{name}.png")
             mask_to_png(r.semantic, vocab.palette).save(ann_dir / f"{name}.png")
+            ids = np.zeros(r.semantic.shape, np.uint8)
+            for k, inst in enumerate(r.instances, 1):
+                ids[inst] = k
+            Image.fromarray(ids, mode="L").save(inst_dir / f"{name}.png")
             image_id = len(images) + 1
             images.append(
                 {

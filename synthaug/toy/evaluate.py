@@ -11,11 +11,18 @@ import numpy as np
 
 from synthaug.annotators.base import Annotator
 from synthaug.annotators.cross_attention import CrossAttentionAnnotator, CrossAttentionParams
+from synthaug.annotators.instances import annotation_instances
 from synthaug.annotators.refine import refine
 from synthaug.attention import CaptureSpec
 from synthaug.generator import DiffusionModel, generate_batch
 from synthaug.prompts import ObjectTarget, PromptSpec, token_positions, words_positions
-from synthaug.toy.score import IoUAccumulator, PromptedObject, check_objects, semantic_truth
+from synthaug.toy.score import (
+    IoUAccumulator,
+    PromptedObject,
+    check_objects,
+    drawn_instances,
+    semantic_truth,
+)
 from synthaug.toy.world import TOY_VOCABULARY, sample_scene
 
 #: Which words of an object feed its attention map.
@@ -70,6 +77,13 @@ class ToyEvaluation:
     per_class_iou: dict[str, list[float]]
     seconds_per_image: float
     annotate_seconds_per_image: dict[str, float] = field(default_factory=dict)
+    #: mIoU over the faithful images only (every object in the right colour and shape), where the
+    #: prompt's class and what was drawn agree, so a label by appearance and one by prompt coincide.
+    miou_faithful: dict[str, float] = field(default_factory=dict)
+    faithful_images: int = 0
+    #: Share of images whose instance count (min area 1%) equals the true one: the components of
+    #: at least 1% of the image in the prompted objects' colour masks (what was actually drawn).
+    instance_count_match: dict[str, float] = field(default_factory=dict)
     images: list[np.ndarray] = field(repr=False, default_factory=list)
     masks: dict[str, list[np.ndarray]] = field(repr=False, default_factory=dict)
 
@@ -89,13 +103,31 @@ def cross_variant(factors: tuple[int, ...], words: str = "both", threshold: floa
 
 
 def union_capture(variants: Sequence[Variant]) -> CaptureSpec:
-    """One capture that serves every variant's annotator."""
+    """One capture that serves every variant's annotator; at most one of them may name a timestep."""
     specs = [v.annotator.capture for v in variants]
+    timesteps = {s.timestep for s in specs} - {None}
+    if len(timesteps) > 1:
+        raise ValueError(
+            f"variants capture at timesteps {sorted(timesteps)}: one capture serves one; use capture_groups"
+        )
     return CaptureSpec(
         cross_factors=tuple(sorted({f for s in specs for f in s.cross_factors})),
         self_factors=tuple(sorted({f for s in specs for f in s.self_factors})),
         step_range=(min(s.step_range[0] for s in specs), max(s.step_range[1] for s in specs)),
+        features=tuple(sorted({f for s in specs for f in s.features})),
+        timestep=next(iter(timesteps), None),
     )
+
+
+def capture_groups(variants: dict[str, Variant]) -> list[tuple[CaptureSpec, list[str]]]:
+    """Variants grouped so that each group needs at most one timestep, with each group's capture."""
+    by_step: dict[int | None, list[str]] = {}
+    for name, v in variants.items():
+        by_step.setdefault(v.annotator.capture.timestep, []).append(name)
+    untimed = by_step.pop(None, [])
+    groups = [names for names in by_step.values()] or [[]]
+    groups[0] = untimed + groups[0]
+    return [(union_capture([variants[n] for n in names]), names) for names in groups]
 
 
 def evaluate_toy_model(
@@ -110,42 +142,70 @@ def evaluate_toy_model(
 
     All variants are scored on the same generated images; by default the shipped recipe,
     cross-attention of both words at factors 1 and 2. Ignore pixels (255) are left out of IoU.
+    Variants that read different single timesteps (learned decoders) get their own capture of
+    the same seeds, which yields the same images (capture never changes the output).
     """
     variants = variants or {"cross(f1+f2, both)": cross_variant((1, 2))}
-    capture = union_capture(list(variants.values()))
+    groups_of_variants = capture_groups(variants)
     accs = {name: IoUAccumulator(len(TOY_VOCABULARY)) for name in variants}
+    faithful_accs = {name: IoUAccumulator(len(TOY_VOCABULARY)) for name in variants}
+    faithful = 0
+    count_match = {name: 0 for name in variants}
     masks: dict[str, list[np.ndarray]] = {name: [] for name in variants}
     annotate_seconds = {name: 0.0 for name in variants}
     checks, images = [], []
     gen_seconds = 0.0
     for b in range(0, len(prompts), batch_size):
         chunk = prompts[b : b + batch_size]
-        t0 = time.perf_counter()
-        out = generate_batch(
-            model, [p.caption for p in chunk], [p.seed for p in chunk], steps=steps, guidance=guidance, capture=capture
-        )
-        gen_seconds += time.perf_counter() - t0
+        outs = []
+        for g, (capture, names) in enumerate(groups_of_variants):
+            t0 = time.perf_counter()
+            out = generate_batch(
+                model,
+                [p.caption for p in chunk],
+                [p.seed for p in chunk],
+                steps=steps,
+                guidance=guidance,
+                capture=capture,
+            )
+            if g == 0:
+                gen_seconds += time.perf_counter() - t0
+            elif not np.array_equal(out.images, outs[0][0].images):
+                raise RuntimeError("a second capture of the same seeds gave other images; scores would not compare")
+            outs.append((out, names))
         for i, p in enumerate(chunk):
-            image = out.images[i]
+            image = outs[0][0].images[i]
             images.append(image)
-            checks.extend(check_objects(image, p.objects))
+            image_checks = check_objects(image, p.objects)
+            checks.extend(image_checks)
+            is_faithful = all(c.ok for c in image_checks)
+            faithful += is_faithful
             truth = semantic_truth(image, p.objects)
+            true_count = drawn_instances(image, p.objects, 0.01)
             class_ids = [TOY_VOCABULARY.id_of(o.shape) for o in p.objects]
-            for name, v in variants.items():
-                t1 = time.perf_counter()
-                groups = token_groups_for(model.tokenizer, p.caption, p.objects, v.words)
-                omaps = refine(
-                    v.annotator.maps(out.store, i, groups, image.shape[:2]), image, v.refine, **dict(v.refine_params)
-                )
-                sem = v.annotator.label(omaps, class_ids).mask
-                annotate_seconds[name] += time.perf_counter() - t1
-                accs[name].add(sem, truth)
-                masks[name].append(sem)
+            for out, names in outs:
+                for name in names:
+                    v = variants[name]
+                    t1 = time.perf_counter()
+                    groups = token_groups_for(model.tokenizer, p.caption, p.objects, v.words)
+                    omaps = v.annotator.maps(out.store, i, groups, image.shape[:2], class_ids)
+                    omaps = refine(omaps, image, v.refine, **dict(v.refine_params))
+                    ann = v.annotator.label(omaps, class_ids)
+                    sem = ann.mask
+                    annotate_seconds[name] += time.perf_counter() - t1
+                    count_match[name] += len(annotation_instances(ann, 0.01)) == true_count
+                    accs[name].add(sem, truth)
+                    if is_faithful:
+                        faithful_accs[name].add(sem, truth)
+                    masks[name].append(sem)
     n_images = max(len(images), 1)
     return ToyEvaluation(
         fidelity=float(np.mean([c.ok for c in checks])) if checks else float("nan"),
         colour_fidelity=float(np.mean([c.colour_ok for c in checks])) if checks else float("nan"),
         miou={name: acc.miou() for name, acc in accs.items()},
+        miou_faithful={name: acc.miou() for name, acc in faithful_accs.items()} if faithful else {},
+        faithful_images=faithful,
+        instance_count_match={k: v / n_images for k, v in count_match.items()},
         per_class_iou={name: [round(float(v), 4) for v in acc.per_class()] for name, acc in accs.items()},
         seconds_per_image=gen_seconds / n_images,
         annotate_seconds_per_image={k: v / n_images for k, v in annotate_seconds.items()},

@@ -164,3 +164,14 @@ def parse_caption(caption: str) -> list[PromptedObject]:
         if words[i] in SHAPES and words[i - 1] in COLOURS:
             found.append(PromptedObject(words[i - 1], words[i]))
     return found
+
+
+def drawn_instances(image: np.ndarray, objects: Sequence[PromptedObject], min_area: float = 0.01) -> int:
+    """How many objects were drawn: 8-connected components of at least `min_area` of the image in
+    each prompted object's colour mask."""
+    limit = min_area * image.shape[0] * image.shape[1]
+    count = 0
+    for m in colour_truth(image, objects):
+        labels, _ = ndimage.label(m, structure=np.ones((3, 3), bool))
+        count += int((np.bincount(labels.ravel())[1:] >= limit).sum())
+    return count
