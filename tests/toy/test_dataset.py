@@ -29,6 +29,8 @@ def test_layout_and_contents(tmp_path):
             stem = image["file_name"].split("/")[-1]
             assert np.array_equal(read_image(tmp_path / "img_dir" / split / stem), r.image)
             assert np.array_equal(read_mask(tmp_path / "ann_dir" / split / stem), r.semantic)
+            ids = read_mask(tmp_path / "inst_dir" / split / stem)  # object k (1-based) where it is visible
+            assert all(np.array_equal(ids == k, inst) for k, inst in enumerate(r.instances, 1))
             anns_here = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
             assert len(anns_here) == len(r.scene.objects)
             for a, inst in zip(anns_here, r.instances):
