@@ -95,7 +95,6 @@ def _cmd_train_annotator(args: argparse.Namespace) -> int:
     data = read_labelled_folder(
         args.images, args.masks, args.size or model.default_size, instances_dir=args.instances, limit=args.limit
     )
-    options.check(len(data))
     print(f"[train-annotator] {len(data)} labelled images, model {model.path}, classes {list(vocab.names)}")
     result = train_decoder(model, data, vocab, options, out=args.out)
     print(

@@ -316,6 +316,8 @@ class TrainOptions:
 
 @dataclass
 class TrainResult:
+    """Where the decoder was saved (None if not), the trained network, and its training record."""
+
     path: Path | None
     net: PerceptionDecoder
     record: dict[str, Any]
