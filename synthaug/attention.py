@@ -95,9 +95,9 @@ class AttentionStore:
             self.at_step = index == min(range(total), key=lambda i: abs(self.schedule[i] - self.spec.timestep))
 
     def reset(self) -> None:
-        for d in (self.cross_sum, self.cross_count, self.self_sum, self.self_count):
-            d.clear()
-        for d in (self.feature_sum, self.feature_count, self.step_cross_sum, self.step_cross_count):
+        sums = (self.cross_sum, self.self_sum, self.feature_sum, self.step_cross_sum)
+        counts = (self.cross_count, self.self_count, self.feature_count, self.step_cross_count)
+        for d in (*sums, *counts):
             d.clear()
 
     def factor_of(self, tokens: int) -> tuple[int, int, int] | None:

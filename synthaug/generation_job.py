@@ -38,15 +38,14 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     """
     vocab = cfg.class_vocabulary()
     annotator = build_annotator(cfg.method, cfg.annotator)
-    if hasattr(annotator, "check_vocabulary"):
-        annotator.check_vocabulary(vocab)
+    prepare_annotator(annotator, vocab=vocab)
     specs = cfg.prompt_specs(num)
     check_size_before_load(cfg.model, cfg.height, cfg.width)
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
     create_store(out, vocab, image_format=cfg.image_format)
     model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
-    prepare_annotator(annotator, model, vocab)
+    prepare_annotator(annotator, model=model)
     samples = samples_from_config(cfg, model, specs, annotator)
     written = 0
     with (

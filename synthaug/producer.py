@@ -118,10 +118,12 @@ class Producer:
             signal.signal(sig, self._on_signal)
         cfg = self.cfg
         annotator = build_annotator(cfg.method, cfg.annotator)
-        create_store(self.store, cfg.class_vocabulary(), image_format=cfg.image_format)
+        vocab = cfg.class_vocabulary()
+        prepare_annotator(annotator, vocab=vocab)
+        create_store(self.store, vocab, image_format=cfg.image_format)
         self._status("loading")
         model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
-        prepare_annotator(annotator, model, cfg.class_vocabulary())
+        prepare_annotator(annotator, model=model)
         reader = SampleStore(self.store)
         with StoreWriter(self.store, segment=self.segment, resume=True) as writer:
             while not self.stops and (self.max_samples is None or self.produced < self.max_samples):

@@ -34,9 +34,10 @@ def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annota
     return cls(params_cls(**params))
 
 
-def prepare_annotator(annotator: Annotator, model, vocab) -> None:
-    """Check an annotator against the model and class vocabulary it will run with (the learned decoder
-    was trained for one of each); attention annotators need no check."""
+def prepare_annotator(annotator: Annotator, vocab=None, model=None) -> None:
+    """Check an annotator against the class vocabulary and/or the model it will run with (the learned
+    decoder was trained for one of each; attention annotators need no check). The vocabulary can be
+    checked before the model loads."""
     for check, arg in (("check_vocabulary", vocab), ("check_model", model)):
-        if hasattr(annotator, check):
+        if arg is not None and hasattr(annotator, check):
             getattr(annotator, check)(arg)

@@ -144,18 +144,17 @@ def class_attention(
     class_ids: Sequence[int],
     num_classes: int,
     size: tuple[int, int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class channels (num_classes, H, W) and per-object maps (K, H, W) from one image's cross maps.
+) -> torch.Tensor:
+    """Per-class attention channels (num_classes, H, W) from one image's cross maps.
 
     `cross` is {factor: (1, h, w, L)}; each object's map is its words' attention, min-max
     normalised; a class channel is the maximum over that class's objects (zero if unprompted).
     """
-    token_maps = aggregate_maps(cross, factors, size)[0]
-    objects = object_maps(token_maps, groups)
-    channels = token_maps.new_zeros((num_classes, *size))
+    objects = object_maps(aggregate_maps(cross, factors, size)[0], groups)
+    channels = objects.new_zeros((num_classes, *size))
     for k, c in enumerate(class_ids):
         channels[int(c)] = torch.maximum(channels[int(c)], objects[k])
-    return channels, objects
+    return channels
 
 
 def model_signature(model) -> dict[str, Any]:
@@ -396,7 +395,7 @@ class DecoderAnnotator:
         # The decoder reads its step's attention, as in training; objects are told apart by the
         # attention averaged over all steps, which is steadier than any one step's.
         step_cross = {f: m[index : index + 1] for f, m in store.cross_maps(at_step=True).items()}
-        channels, _ = class_attention(
+        channels = class_attention(
             step_cross,
             self.cfg.attention_factors,
             groups,

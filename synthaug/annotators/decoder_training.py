@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from tqdm import tqdm
 
 from synthaug.annotators.decoder import (
@@ -33,6 +32,7 @@ from synthaug.annotators.decoder import (
     predict,
     save_decoder,
 )
+from synthaug.annotators.instances import components
 from synthaug.attention import CaptureSpec
 from synthaug.features import DEFAULT_REAL_TEMPLATE, capture_real, real_prompt
 from synthaug.imageio import read_image, read_mask
@@ -117,13 +117,9 @@ def instance_ids(mask: np.ndarray, instances: np.ndarray | None, background_id: 
     if instances is not None:
         return np.where((mask != background_id) & (mask != IGNORE_INDEX), instances, 0)
     out = np.zeros(mask.shape, np.int32)
-    n = 0
-    for c in np.unique(mask):
-        if c in (background_id, IGNORE_INDEX):
-            continue
-        labels, k = ndimage.label(mask == c, structure=np.ones((3, 3), bool))
-        out[labels > 0] = labels[labels > 0] + n
-        n += k
+    comps = [comp for c in np.unique(mask) if c not in (background_id, IGNORE_INDEX) for comp in components(mask == c)]
+    for n, comp in enumerate(comps, 1):
+        out[comp] = n
     return out
 
 
@@ -211,7 +207,7 @@ def extract_features(
             ids = [t.class_id for t in spec.targets]
             groups = spec.token_groups(model.tokenizer)
             if groups:
-                ch, _ = class_attention(
+                ch = class_attention(
                     {f: m[k : k + 1] for f, m in cross.items()},
                     cfg.attention_factors,
                     groups,

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from scipy import ndimage
 
 from synthaug.annotators.base import Annotation
 from synthaug.sample import Instance
 from synthaug.vocabulary import IGNORE_INDEX
+
+
+def area_limit(min_area: float, size: int) -> float:
+    """`min_area` in pixels: below 1 a share of an image of `size` pixels, from 1 up a pixel count."""
+    return min_area * size if min_area < 1 else min_area
+
+
+def components(region: np.ndarray, limit: float = 0) -> Iterator[np.ndarray]:
+    """The 8-connected components of a bool mask that have at least `limit` pixels, in raster order."""
+    labels, n = ndimage.label(region, structure=np.ones((3, 3), bool))
+    for k in range(1, n + 1):
+        comp = labels == k
+        if comp.sum() >= limit:
+            yield comp
 
 
 def instances_from_mask(
@@ -18,16 +34,12 @@ def instances_from_mask(
     `min_area` below 1 is a share of the image, from 1 up a pixel count. An instance's score is
     the mean confidence inside it, when a confidence map is given.
     """
-    limit = min_area * mask.size if min_area < 1 else min_area
+    limit = area_limit(min_area, mask.size)
     out = []
     for c in np.unique(mask):
         if c in (IGNORE_INDEX, background_id):
             continue
-        labels, n = ndimage.label(mask == c, structure=np.ones((3, 3), bool))
-        for k in range(1, n + 1):
-            comp = labels == k
-            if comp.sum() < limit:
-                continue
+        for comp in components(mask == c, limit):
             score = float(confidence[comp].mean()) if confidence is not None else None
             out.append(Instance.from_mask(int(c), comp, score))
     return out
@@ -38,15 +50,11 @@ def instances_from_winner(ann: Annotation, min_area: float = 0.002, background_i
     stay two. A component that holds several predicted instances (`ann.instance_ids`) of at least
     `min_area` each is split between them, every pixel going to the nearest one."""
     mask, winner = ann.mask, ann.winner
-    limit = min_area * mask.size if min_area < 1 else min_area
+    limit = area_limit(min_area, mask.size)
     labelled = (winner >= 0) & (mask != IGNORE_INDEX) & (mask != background_id)
     out = []
     for k in np.unique(winner[labelled]):
-        labels, n = ndimage.label(labelled & (winner == k), structure=np.ones((3, 3), bool))
-        for j in range(1, n + 1):
-            comp = labels == j
-            if comp.sum() < limit:
-                continue
+        for comp in components(labelled & (winner == k), limit):
             for part in split_component(comp, ann.instance_ids, limit):
                 cls = np.bincount(mask[part]).argmax()
                 out.append(Instance.from_mask(int(cls), part, float(ann.confidence[part].mean())))
@@ -81,7 +89,7 @@ def quality_figures(
     """Per-sample figures to filter on: confidence inside the masks, ignore share, mask area, objects found."""
     mask = ann.mask
     labelled = (mask != IGNORE_INDEX) & (mask != background_id)
-    limit = min_area * mask.size if min_area < 1 else min_area
+    limit = area_limit(min_area, mask.size)
     found = sum(int((ann.winner == k).sum() >= limit) for k in range(num_targets))
     return {
         "mean_confidence": float(ann.confidence[labelled].mean()) if labelled.any() else 0.0,

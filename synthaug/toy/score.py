@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from synthaug.annotators.instances import area_limit, components
 from synthaug.toy.world import COLOURS, SHAPES, TOY_VOCABULARY
 from synthaug.vocabulary import IGNORE_INDEX
 
@@ -169,9 +170,5 @@ def parse_caption(caption: str) -> list[PromptedObject]:
 def drawn_instances(image: np.ndarray, objects: Sequence[PromptedObject], min_area: float = 0.01) -> int:
     """How many objects were drawn: 8-connected components of at least `min_area` of the image in
     each prompted object's colour mask."""
-    limit = min_area * image.shape[0] * image.shape[1]
-    count = 0
-    for m in colour_truth(image, objects):
-        labels, _ = ndimage.label(m, structure=np.ones((3, 3), bool))
-        count += int((np.bincount(labels.ravel())[1:] >= limit).sum())
-    return count
+    limit = area_limit(min_area, image.shape[0] * image.shape[1])
+    return sum(1 for m in colour_truth(image, objects) for _ in components(m, limit))

@@ -114,7 +114,7 @@ def test_saved_annotator_reloads_and_gives_identical_masks(trained, toy_model):
         return [s.mask for s in samples], [len(s.instances) for s in samples]
 
     first = build_annotator("decoder", {"path": str(trained)})
-    prepare_annotator(first, toy_model, TOY_VOCABULARY)
+    prepare_annotator(first, TOY_VOCABULARY, toy_model)
     second = build_annotator("decoder", {"path": str(trained)})
     m1, n1 = masks(first)
     m2, n2 = masks(second)
@@ -156,7 +156,7 @@ def test_another_model_or_vocabulary_fails_with_a_clear_message(trained, toy_mod
     ann = build_annotator("decoder", {"path": str(trained)})
     other = ClassVocabulary(("background", "cat", "dog"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)))
     with pytest.raises(ValueError, match="class vocabularies differ") as err:
-        prepare_annotator(ann, toy_model, other)
+        prepare_annotator(ann, other, toy_model)
     assert "'circle'" in str(err.value) and "'cat'" in str(err.value)
 
     # Same architecture, other weights: a retrained or fine-tuned checkpoint.
@@ -169,7 +169,7 @@ def test_another_model_or_vocabulary_fails_with_a_clear_message(trained, toy_mod
         unet.conv_in.weight.add_(0.05)
     unet.save_pretrained(folder / "unet")
     with pytest.raises(ValueError, match="other weights") as err:
-        prepare_annotator(ann, load_model(folder), TOY_VOCABULARY)
+        prepare_annotator(ann, TOY_VOCABULARY, load_model(folder))
     assert "synthaug train-annotator" in str(err.value)
 
     # Through the CLI, a vocabulary mismatch stops `generate` before any model loads.
