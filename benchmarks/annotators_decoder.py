@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_model()
-    cross = build_annotator("cross_attention", {"factors": [1, 2]})
+    cross = build_annotator("cross_attention", {"factors": [2]})
     variants = {
         "cross_attention": Variant(cross),
         "cross_attention + edge": Variant(cross, refine="edge"),

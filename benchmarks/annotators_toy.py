@@ -30,19 +30,16 @@ from synthaug.toy.world import TOY_VOCABULARY, render_seed
 
 
 def variants(with_crf: bool) -> dict[str, Variant]:
-    cross = build_annotator("cross_attention", {"factors": [1, 2]})
+    cross = build_annotator("cross_attention", {"factors": [2]})
     out = {
-        "cross_attention (f1+f2, t=0.5)": Variant(cross),
-        "cross_attention, otsu": Variant(build_annotator("cross_attention", {"factors": [1, 2], "threshold": "otsu"})),
+        "cross_attention (f2, t=0.5)": Variant(cross),
+        "cross_attention, otsu": Variant(build_annotator("cross_attention", {"factors": [2], "threshold": "otsu"})),
         "cross_attention + edge": Variant(cross, refine="edge"),
-        "self_refined (cross f2, self f1)": Variant(
-            build_annotator("self_refined", {"cross_factors": [2], "self_factor": 1})
-        ),
         "self_refined (cross f2, self f2)": Variant(
             build_annotator("self_refined", {"cross_factors": [2], "self_factor": 2})
         ),
-        "self_refined (cross f1+f2, self f1)": Variant(
-            build_annotator("self_refined", {"cross_factors": [1, 2], "self_factor": 1})
+        "self_refined (cross f2, self f4)": Variant(
+            build_annotator("self_refined", {"cross_factors": [2], "self_factor": 4})
         ),
     }
     if with_crf:
@@ -107,7 +104,7 @@ def main() -> None:
     model = load_model()
     vs = variants(with_crf)
     ev = evaluate_toy_model(model, toy_prompts(args.num, seed=20_000), steps=args.steps, variants=vs)
-    base = ev.miou["cross_attention (f1+f2, t=0.5)"]
+    base = ev.miou["cross_attention (f2, t=0.5)"]
     rows = {
         name: {
             "miou": round(ev.miou[name], 3),

@@ -29,9 +29,9 @@ from synthaug.toy.evaluate import toy_prompts
 
 METHODS = {
     # name: (method, params, refine) -- the toy factors; SD uses the same methods at its own factors
-    "cross_attention": ("cross_attention", {"factors": [1, 2]}, "none"),
+    "cross_attention": ("cross_attention", {"factors": [2]}, "none"),
     "self_refined": ("self_refined", {"cross_factors": [2], "self_factor": 2}, "none"),
-    "cross_attention+edge": ("cross_attention", {"factors": [1, 2]}, "edge"),
+    "cross_attention+edge": ("cross_attention", {"factors": [2]}, "edge"),
 }
 SD_METHODS = {
     "cross_attention (DiffuMask: 64/32/16 maps)": ("cross_attention", {"factors": [1, 2, 4]}, "none"),

@@ -1,6 +1,6 @@
 """Attention capture for diffusers UNets: swap in capturing processors, accumulate in place, restore.
 
-    with capture_attention(unet, CaptureSpec(cross_factors=(1, 2))) as store:
+    with capture_attention(unet, CaptureSpec(cross_factors=(1, 2))) as store:   # SD's 64 and 32 px maps
         ...run the denoising loop, calling store.begin_step(i, n) and store.set_layout(...)...
     maps = store.cross_maps()          # {factor: (B, h, w, L)} averaged over layers, heads and steps
 
@@ -15,8 +15,9 @@ half under classifier-free guidance) at the resolutions and steps the method use
 them into running sums. So capture memory does not grow with the number of steps, and
 layers that are not captured run exactly as before. A *factor* is the downsampling of a
 layer's map relative to the latent: for Stable Diffusion 1.5 at 512x512 (64x64 latents)
-factors 1, 2, 4, 8 are the 64, 32, 16 and 8 pixel maps; for the 32x32 toy model they are
-32, 16, 8.
+factors 1, 2, 4, 8 are the 64, 32, 16 and 8 pixel maps. The 32x32 toy model has attention at
+factors 2 and 4 (16 and 8 pixels). `attention_factors(unet)` lists them, and `check_capture`
+fails at start-up when an annotator asks for factors the UNet lacks.
 """
 
 from __future__ import annotations
@@ -204,6 +205,46 @@ def attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, 
         p = scores.softmax(dim=-1)
         total = p if total is None else total.add_(p)
     return total / attn.heads
+
+
+def attention_factors(unet) -> dict[str, tuple[int, ...]]:
+    """{'cross': factors, 'self': factors} at which `unet` has attention layers, read off its block layout
+    (down block i works at factor 2**i, the middle block at the coarsest, up blocks in reverse)."""
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    found: dict[str, set[int]] = {"cross": set(), "self": set()}
+    for name in unet.attn_processors:
+        parts = name.split(".")
+        kind = {"attn1": "self", "attn2": "cross"}.get(parts[-2])
+        if kind is None:
+            continue
+        if parts[0] == "down_blocks":
+            found[kind].add(2 ** int(parts[1]))
+        elif parts[0] == "up_blocks":
+            found[kind].add(2 ** (n_up - 1 - int(parts[1])))
+        elif parts[0] == "mid_block":
+            found[kind].add(2 ** (n_down - 1))
+    return {kind: tuple(sorted(fs)) for kind, fs in found.items()}
+
+
+def check_capture(spec: CaptureSpec, unet) -> None:
+    """Raise ValueError, before any generation, if `spec` asks for attention at factors `unet` has none at."""
+    have = attention_factors(unet)
+    for kind, wanted in (("cross", spec.cross_factors), ("self", spec.self_factors)):
+        missing = sorted(set(wanted) - set(have[kind]))
+        if missing:
+            raise ValueError(
+                f"the annotator asks for {kind}-attention at factors {missing}, but this UNet has {kind}-attention "
+                f"only at factors {list(have[kind])}: set the annotator's {kind} factors (annotator.factors, "
+                f"annotator.cross_factors or annotator.self_factor) to some of those"
+            )
+
+
+def default_cross_factors(unet, preferred: tuple[int, ...] = (1, 2)) -> tuple[int, ...]:
+    """The `preferred` cross-attention factors that `unet` has (its finest maps); its finest one if none."""
+    have = attention_factors(unet)["cross"]
+    if not have:
+        raise ValueError("this UNet has no cross-attention layers: attention annotators cannot read it")
+    return tuple(f for f in preferred if f in have) or have[:1]
 
 
 @contextmanager

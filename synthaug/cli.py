@@ -81,7 +81,7 @@ def _cmd_train_annotator(args: argparse.Namespace) -> int:
     model_path = args.model or cfg.model
     options = TrainOptions(
         timestep=args.timestep,
-        attention_factors=tuple(args.attention_factors),
+        attention_factors=tuple(args.attention_factors) if args.attention_factors else None,
         width=args.width,
         instances=not args.no_instances,
         iterations=args.iterations,
@@ -202,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--batch-size", type=int, default=8)
     ta.add_argument("--timestep", type=int, default=50, help="the timestep whose features it reads (default: 50)")
     ta.add_argument(
-        "--attention-factors", type=int, nargs="+", default=[1, 2], help="cross-attention factors read (default: 1 2)"
+        "--attention-factors",
+        type=int,
+        nargs="+",
+        default=None,
+        help="cross-attention factors read (default: those of 1 2 the model has)",
     )
     ta.add_argument("--width", type=int, default=64, help="decoder channels (default: 64)")
     ta.add_argument("--no-instances", action="store_true", help="semantic head only")

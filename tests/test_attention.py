@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synthaug.attention import CaptureSpec, CapturingProcessor, capture_attention
+from synthaug.annotators import build_annotator, prepare_annotator
+from synthaug.attention import (
+    CaptureSpec,
+    CapturingProcessor,
+    attention_factors,
+    capture_attention,
+    check_capture,
+    default_cross_factors,
+)
 from synthaug.generator import DiffusionModel, generate_batch, load_model
 
 PROMPTS = ["a red circle and a blue square on stripes", "a green triangle on noise"]
@@ -27,7 +35,7 @@ def random_model(tmp_path_factory) -> DiffusionModel:
 def test_processors_restored_after_exception(random_model):
     unet = random_model.unet
     before = dict(unet.attn_processors)
-    with pytest.raises(RuntimeError, match="boom"), capture_attention(unet, CaptureSpec((1, 2), (2,))):
+    with pytest.raises(RuntimeError, match="boom"), capture_attention(unet, CaptureSpec((2, 4), (2,))):
         assert any(isinstance(p, CapturingProcessor) for p in unet.attn_processors.values())
         raise RuntimeError("boom")
     after = unet.attn_processors
@@ -43,34 +51,34 @@ def test_capture_does_not_change_the_images(random_model):
         [1, 2],
         steps=3,
         guidance=3.0,
-        capture=CaptureSpec(cross_factors=(1, 2, 4), self_factors=(2,)),
+        capture=CaptureSpec(cross_factors=(2, 4), self_factors=(2, 4)),
     )
     assert (plain.images == captured.images).all()
     assert plain.store is None and captured.store is not None
 
 
 def test_memory_does_not_grow_with_steps(random_model):
-    spec = CaptureSpec(cross_factors=(1, 2), self_factors=(2,))
+    spec = CaptureSpec(cross_factors=(2, 4), self_factors=(2,))
     short = generate_batch(random_model, PROMPTS, [1, 2], steps=2, capture=spec).store
     long = generate_batch(random_model, PROMPTS, [1, 2], steps=7, capture=spec).store
     assert short.nbytes() == long.nbytes() > 0
     # Running sums: counts grow with steps, the tensors do not.
-    assert long.cross_count[1] > short.cross_count[1]
+    assert long.cross_count[2] > short.cross_count[2]
 
 
 def test_captures_conditional_half_as_probabilities(random_model):
     out = generate_batch(
-        random_model, PROMPTS, [1, 2], steps=2, guidance=3.0, capture=CaptureSpec(cross_factors=(1, 2))
+        random_model, PROMPTS, [1, 2], steps=2, guidance=3.0, capture=CaptureSpec(cross_factors=(2, 4))
     )
     maps = out.store.cross_maps()
-    assert set(maps) == {1, 2}
-    assert maps[1].shape == (2, 32, 32, random_model.tokenizer.model_max_length)
-    assert maps[2].shape[1:3] == (16, 16)
+    assert set(maps) == {2, 4}
+    assert maps[2].shape == (2, 16, 16, random_model.tokenizer.model_max_length)
+    assert maps[4].shape[1:3] == (8, 8)
     # Rows are softmax distributions; masked end/padding tokens get no attention.
-    assert torch.allclose(maps[1].sum(-1), torch.ones(2, 32, 32), atol=1e-4)
+    assert torch.allclose(maps[2].sum(-1), torch.ones(2, 16, 16), atol=1e-4)
     ids = out.input_ids
     masked = (ids == random_model.tokenizer.eos_token_id) | (ids == random_model.tokenizer.pad_token_id)
-    assert maps[1].permute(0, 3, 1, 2)[masked].abs().max() < 1e-6
+    assert maps[2].permute(0, 3, 1, 2)[masked].abs().max() < 1e-6
 
 
 def test_self_attention_and_step_range(random_model):
@@ -84,6 +92,39 @@ def test_self_attention_and_step_range(random_model):
     layers = store.self_count[2] // 2
     full = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=CaptureSpec((), (2,))).store
     assert full.self_count[2] == 4 * layers
+
+
+def test_attention_factors_read_off_the_block_layout(random_model):
+    """The toy UNet has attention at 16x16 and 8x8 (factors 2, 4); one laid out as SD 1.5 at 1, 2, 4, 8."""
+    from diffusers import UNet2DConditionModel
+
+    assert attention_factors(random_model.unet) == {"cross": (2, 4), "self": (2, 4)}
+    assert default_cross_factors(random_model.unet) == (2,)
+    sd_layout = UNet2DConditionModel(  # diffusers' default blocks (SD 1.5's), tiny widths
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, cross_attention_dim=8, norm_num_groups=4
+    )
+    assert attention_factors(sd_layout) == {"cross": (1, 2, 4, 8), "self": (1, 2, 4, 8)}
+    assert default_cross_factors(sd_layout) == (1, 2)
+    # ...and they are the factors a capture actually fills.
+    spec = CaptureSpec(cross_factors=(1, 2, 4, 8), self_factors=(1, 2, 4, 8))
+    store = generate_batch(random_model, PROMPTS, [1, 2], steps=1, capture=spec).store
+    assert (tuple(sorted(store.cross_sum)), tuple(sorted(store.self_sum))) == ((2, 4), (2, 4))
+
+
+def test_annotator_asking_for_missing_attention_fails_at_start_up(random_model):
+    check_capture(CaptureSpec(cross_factors=(2,), self_factors=(4,)), random_model.unet)
+    with pytest.raises(ValueError, match=r"cross-attention at factors \[1\].*only at factors \[2, 4\]"):
+        prepare_annotator(build_annotator("cross_attention", {"factors": [1, 2]}), model=random_model)
+    with pytest.raises(ValueError, match=r"self-attention at factors \[1\]"):
+        prepare_annotator(build_annotator("self_refined", {"cross_factors": [2], "self_factor": 1}), model=random_model)
+
+
+def test_default_factors_are_chosen_per_model(random_model):
+    ann = build_annotator("cross_attention")
+    with pytest.raises(RuntimeError, match=r"prepare_annotator\(annotator, model=model\)"):
+        _ = ann.capture
+    prepare_annotator(ann, model=random_model)
+    assert ann.params.factors == (2,) and ann.capture.cross_factors == (2,)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the toy text-to-image model from scratch on the shapes world (CPU, about an hour on 2 cores).
 
-    python tools/train_toy_model.py --out synthaug/toy/model --steps 3000 --seed 0
+    python tools/train_toy_model.py --out synthaug/toy/model --steps 7000 --seed 0
 
 It is run once; the result ships in the repo and CI never trains. Reproducible from the seed
 on the same torch version and thread count: the data are drawn from seeds, not files.
@@ -73,7 +73,7 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], step: int, m
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=SHIPPED_MODEL_DIR)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=7000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)

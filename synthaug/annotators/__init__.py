@@ -8,6 +8,7 @@ from synthaug.annotators.base import Annotation, Annotator
 from synthaug.annotators.cross_attention import CrossAttentionAnnotator, CrossAttentionParams
 from synthaug.annotators.decoder import DecoderAnnotator, DecoderParams
 from synthaug.annotators.self_refined import SelfRefinedAnnotator, SelfRefinedParams
+from synthaug.attention import check_capture
 
 ANNOTATORS = {
     "cross_attention": (CrossAttentionAnnotator, CrossAttentionParams),
@@ -35,9 +36,14 @@ def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annota
 
 
 def prepare_annotator(annotator: Annotator, vocab=None, model=None) -> None:
-    """Check an annotator against the class vocabulary and/or the model it will run with (the learned
-    decoder was trained for one of each; attention annotators need no check). The vocabulary can be
-    checked before the model loads."""
+    """Fit an annotator to the model it will run with (default attention factors are the model's)
+    and check it against the class vocabulary and/or that model: the attention it reads must
+    exist in the UNet, and the learned decoder was trained for one vocabulary and model. The
+    vocabulary can be checked before the model loads; calling it again is harmless."""
+    if model is not None:
+        if hasattr(annotator, "prepare_for"):
+            annotator.prepare_for(model.unet)
+        check_capture(annotator.capture, model.unet)
     for check, arg in (("check_vocabulary", vocab), ("check_model", model)):
         if arg is not None and hasattr(annotator, check):
             getattr(annotator, check)(arg)

@@ -9,23 +9,27 @@ object where that object's map clears the threshold; elsewhere it is background.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from synthaug.annotators.base import Annotation
-from synthaug.attention import AttentionStore, CaptureSpec
+from synthaug.attention import AttentionStore, CaptureSpec, default_cross_factors
 
 THRESHOLDS = ("otsu",)
 
 
 @dataclass(frozen=True)
 class CrossAttentionParams:
-    """Which captured factors to use and how to threshold (a number in [0, 1], or 'otsu')."""
+    """Which captured factors to use and how to threshold (a number in [0, 1], or 'otsu').
 
-    factors: tuple[int, ...] = (1, 2)
+    `factors` None means the model's finest of (1, 2), chosen when the annotator is prepared for
+    a model (`prepare_annotator`): SD's 64 and 32 pixel maps, the toy model's 16 pixel ones.
+    """
+
+    factors: tuple[int, ...] | None = None
     threshold: float | str = 0.5
     background_id: int = 0
 
@@ -34,8 +38,8 @@ class CrossAttentionParams:
             raise ValueError(f"threshold={self.threshold!r}: use a number in [0, 1] or one of {THRESHOLDS}")
         if not isinstance(self.threshold, str) and not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"threshold={self.threshold} must lie in [0, 1]")
-        if not self.factors:
-            raise ValueError("factors is empty: name at least one captured factor, e.g. (1, 2)")
+        if self.factors is not None and not self.factors:
+            raise ValueError("factors is empty: name at least one captured factor, e.g. (1, 2), or leave it out")
 
 
 def aggregate_maps(maps: dict[int, torch.Tensor], factors: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
@@ -102,7 +106,14 @@ class CrossAttentionAnnotator:
 
     @property
     def capture(self) -> CaptureSpec:
+        if self.params.factors is None:
+            raise RuntimeError("factors are chosen per model: call prepare_annotator(annotator, model=model) first")
         return CaptureSpec(cross_factors=tuple(sorted(set(self.params.factors))))
+
+    def prepare_for(self, unet) -> None:
+        """Pick the default factors (the UNet's finest of 1 and 2) if none were given."""
+        if self.params.factors is None:
+            self.params = replace(self.params, factors=default_cross_factors(unet))
 
     def maps(
         self,

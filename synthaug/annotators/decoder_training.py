@@ -33,7 +33,7 @@ from synthaug.annotators.decoder import (
     save_decoder,
 )
 from synthaug.annotators.instances import components
-from synthaug.attention import CaptureSpec
+from synthaug.attention import CaptureSpec, check_capture, default_cross_factors
 from synthaug.features import DEFAULT_REAL_TEMPLATE, capture_real, real_prompt
 from synthaug.imageio import read_image, read_mask
 from synthaug.toy.score import IoUAccumulator
@@ -286,7 +286,7 @@ class TrainOptions:
     """How to train: decoder width and instance head, what to read, how long, and the held-out share."""
 
     timestep: int = 50
-    attention_factors: tuple[int, ...] = (1, 2)
+    attention_factors: tuple[int, ...] | None = None  # None: the model's finest, of (1, 2)
     width: int = 64
     instances: bool = True
     iterations: int = 600
@@ -352,13 +352,14 @@ def train_decoder(
     cfg = DecoderConfig(
         feature_factors=tuple(channels),
         feature_channels=tuple(channels.values()),
-        attention_factors=tuple(opt.attention_factors),
+        attention_factors=tuple(opt.attention_factors or default_cross_factors(model.unet)),
         class_names=vocab.names,
         background_id=vocab.id_of(vocab.background),
         timestep=opt.timestep,
         width=opt.width,
         instances=opt.instances,
     )
+    check_capture(cfg.capture, model.unet)
     train_idx, val_idx = split_indices(len(data), opt.val_fraction, opt.seed)
     train = extract_features(
         model,
