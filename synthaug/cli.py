@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
     if args.model:
         cfg.model = args.model
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.nice:
+        os.nice(args.nice)  # yield the CPU to the training run it feeds
     producer = Producer(
         cfg,
         args.store,
@@ -185,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--retire-grace", type=float, default=600.0, help="seconds before retired files are deleted")
     prod.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
     prod.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone (supervisors)")
+    prod.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    prod.add_argument("--nice", type=int, default=0, help="lower the process priority by N (Unix nice)")
     prod.set_defaults(func=_cmd_produce)
 
     ta = sub.add_parser(

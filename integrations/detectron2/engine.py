@@ -149,6 +149,8 @@ class SyntheticProducerHook(HookBase):
         target_pool: int | None = None,
         max_samples: int | None = None,
         retire_grace_s: float = 600.0,
+        cpu_threads: int = 1,
+        nice: int = 10,
     ) -> None:
         from detectron2.utils import comm
 
@@ -163,6 +165,8 @@ class SyntheticProducerHook(HookBase):
                 target_pool=target_pool,
                 max_samples=max_samples,
                 retire_grace_s=retire_grace_s,
+                cpu_threads=cpu_threads,
+                nice=nice,
                 log_fn=logging.getLogger("detectron2").info,
             )
             self.supervisor.start()

@@ -75,7 +75,8 @@ class SyntheticPoolHook(Hook):
 class SyntheticProducerHook(Hook):
     """Runs `synthaug produce` beside training on rank 0 (see synthaug.supervisor): started before training,
     restarted with back-off if it dies, stopped after the run. Its rate and state go to the message hub
-    as `train/synthaug_producer_*`. Training never waits on it."""
+    as `train/synthaug_producer_*`. Training never waits on it. On the CPU it runs `cpu_threads` threads
+    at lowered priority (`nice`), so that it does not starve the training run."""
 
     priority = "LOW"
 
@@ -88,6 +89,8 @@ class SyntheticProducerHook(Hook):
         max_samples: int | None = None,
         log_interval: int = 10,
         retire_grace_s: float = 600.0,
+        cpu_threads: int = 1,
+        nice: int = 10,
     ) -> None:
         self.kwargs = dict(
             store=store,
@@ -96,6 +99,8 @@ class SyntheticProducerHook(Hook):
             target_pool=target_pool,
             max_samples=max_samples,
             retire_grace_s=retire_grace_s,
+            cpu_threads=cpu_threads,
+            nice=nice,
         )
         self.log_interval = log_interval
         self.supervisor = None

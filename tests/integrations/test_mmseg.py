@@ -239,7 +239,11 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
         assert time.monotonic() < deadline and proc.poll() is None, "the producer never produced"
         time.sleep(0.5)
     os.kill(_json.loads(status.read_text())["pid"], signal.SIGKILL)
-    out, _ = proc.communicate(timeout=600)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # leave nothing running to slow the tests after this one (its producer follows its parent)
+        raise
     assert proc.returncode == 0, out[-3000:]
     pools = [float(x.split()[0]) for x in out.split("synthaug_pool_size: ")[1:]]
     assert pools and pools[-1] > pools[0], pools  # the pool grew while training ran
