@@ -124,6 +124,9 @@ def test_supervisor_restarts_a_killed_producer_with_backoff(tmp_path, fast_cfg):
     sup.start()
     try:
         wait_for(lambda: (read_status(store, "sup") or {}).get("produced", 0) >= 2)
+        # On the CPU it yields to the training run: one torch thread, lowered priority.
+        assert sup.command()[-4:] == ["--threads", "1", "--nice", "10"]
+        assert os.getpriority(os.PRIO_PROCESS, read_status(store, "sup")["pid"]) >= 10
         os.kill(read_status(store, "sup")["pid"], signal.SIGKILL)
         wait_for(lambda: sup.restarts >= 1 and sup.state == "running")
         first = len(SampleStore(store))
