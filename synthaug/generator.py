@@ -301,7 +301,7 @@ def generate_samples(
 ) -> Iterator[Sample]:
     """Generate and annotate every prompt spec, batch by batch; yield Samples with instances and quality."""
     from synthaug import __version__
-    from synthaug.annotators import prepare_annotator
+    from synthaug.annotators import fit_annotator
     from synthaug.annotators.instances import annotation_instances, quality_figures
     from synthaug.annotators.refine import REFINERS, refine
 
@@ -313,8 +313,9 @@ def generate_samples(
     if not specs:
         raise ValueError("prompts is empty: give at least one prompt")
     # Every class word must be in its prompt, and the annotator fit the model, before any model work.
+    # (Only the cheap fit: callers check vocabulary and decoder once, with prepare_annotator, not per batch.)
     groups = [spec.token_groups(model.tokenizer) for spec in specs]
-    prepare_annotator(annotator, model=model)
+    fit_annotator(annotator, model.unet)
     fingerprint = {
         **model.fingerprint(),
         "steps": steps,

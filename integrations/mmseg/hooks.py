@@ -75,8 +75,8 @@ class SyntheticPoolHook(Hook):
 class SyntheticProducerHook(Hook):
     """Runs `synthaug produce` beside training on rank 0 (see synthaug.supervisor): started before training,
     restarted with back-off if it dies, stopped after the run. Its rate and state go to the message hub
-    as `train/synthaug_producer_*`. Training never waits on it. On the CPU it runs `cpu_threads` threads
-    at lowered priority (`nice`), so that it does not starve the training run."""
+    as `train/synthaug_producer_*`. Training never waits on it. It runs at lowered priority (`nice`), and
+    on the CPU with `cpu_threads` torch threads, so that it does not starve the training run."""
 
     priority = "LOW"
 

@@ -16,7 +16,7 @@ ANNOTATORS = {
     "decoder": (DecoderAnnotator, DecoderParams),
 }
 
-__all__ = ["ANNOTATORS", "Annotation", "Annotator", "build_annotator", "prepare_annotator"]
+__all__ = ["ANNOTATORS", "Annotation", "Annotator", "build_annotator", "fit_annotator", "prepare_annotator"]
 
 
 def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annotator:
@@ -35,15 +35,20 @@ def build_annotator(method: str, params: dict[str, Any] | None = None) -> Annota
     return cls(params_cls(**params))
 
 
+def fit_annotator(annotator: Annotator, unet) -> None:
+    """Choose the annotator's per-model defaults (attention factors) for `unet`, and check that the
+    attention it reads exists there. Cheap, and harmless to repeat."""
+    if hasattr(annotator, "prepare_for"):
+        annotator.prepare_for(unet)
+    check_capture(annotator.capture, unet)
+
+
 def prepare_annotator(annotator: Annotator, vocab=None, model=None) -> None:
-    """Fit an annotator to the model it will run with (default attention factors are the model's)
-    and check it against the class vocabulary and/or that model: the attention it reads must
-    exist in the UNet, and the learned decoder was trained for one vocabulary and model. The
-    vocabulary can be checked before the model loads; calling it again is harmless."""
+    """Fit an annotator to the model it will run with (`fit_annotator`) and check it against the
+    class vocabulary and/or that model: the learned decoder was trained for one vocabulary and
+    model. The vocabulary can be checked before the model loads."""
     if model is not None:
-        if hasattr(annotator, "prepare_for"):
-            annotator.prepare_for(model.unet)
-        check_capture(annotator.capture, model.unet)
+        fit_annotator(annotator, model.unet)
     for check, arg in (("check_vocabulary", vocab), ("check_model", model)):
         if arg is not None and hasattr(annotator, check):
             getattr(annotator, check)(arg)
