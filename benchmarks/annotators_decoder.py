@@ -88,6 +88,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "images": args.num,
         "faithful_images": ev.faithful_images,
+        "scheduler": type(model.scheduler).__name__,
         "steps": args.steps,
         "generation_s_per_image": round(ev.seconds_per_image, 3),
         "training": training,
@@ -96,7 +97,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(n) for n in rows)
-    print(f"\n{args.num} generated images ({ev.faithful_images} faithful), DDIM {args.steps} steps")
+    print(
+        f"\n{args.num} generated images ({ev.faithful_images} faithful), {type(model.scheduler).__name__} {args.steps} steps"
+    )
     print(f"{'annotator':<{width}}  mIoU   faithful  instance count ok  ms/image")
     for name, r in rows.items():
         print(

@@ -117,6 +117,7 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "images": args.num,
+        "scheduler": type(model.scheduler).__name__,
         "steps": args.steps,
         "generation_s_per_image": round(ev.seconds_per_image, 3),
         "annotators": rows,
@@ -135,7 +136,9 @@ def main() -> None:
                 at_size["DenseCRF"]["s_per_image"] / edge["s_per_image"], 2
             ),
         }
-    print(f"{args.num} toy images, DDIM {args.steps} steps; mIoU against colour truth (ignore pixels left out)")
+    print(
+        f"{args.num} toy images, {type(model.scheduler).__name__} {args.steps} steps; mIoU against colour truth (ignore pixels left out)"
+    )
     print(f"{'annotator':<40} {'mIoU':>6} {'ms/img':>8}   " + " ".join(f"{n:>10}" for n in TOY_VOCABULARY.names))
     for name, r in rows.items():
         per = " ".join(f"{v:10.3f}" for v in r["per_class"].values())

@@ -51,6 +51,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "model": str(model.path),
         "prompts": args.num,
+        "scheduler": type(model.scheduler).__name__,
         "steps": args.steps,
         "guidance": args.guidance,
         "threshold": threshold,
@@ -65,7 +66,9 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"toy model, {args.num} prompts, DDIM {args.steps} steps, guidance {args.guidance}, threshold {threshold}")
+    print(
+        f"toy model, {args.num} prompts, {type(model.scheduler).__name__} {args.steps} steps, guidance {args.guidance}, threshold {threshold}"
+    )
     print(f"fidelity (colour and shape): {ev.fidelity:.3f}   colour only: {ev.colour_fidelity:.3f}")
     print("by prompted shape:", {k: round(v, 3) for k, v in ev.fidelity_by_shape.items()})
     print("colour-correct objects seen as:", ev.shape_confusion)

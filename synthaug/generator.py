@@ -9,6 +9,7 @@ captured through ``synthaug.attention`` while the loop runs, never by patching a
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -250,10 +251,13 @@ def generate_batch(
     f = model.vae_factor
     lh, lw = height // f, width // f
     channels = model.unet.config.in_channels
-    latents = torch.stack(
-        [torch.randn((channels, lh, lw), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    ).to(model.device, model.dtype)
+    # One generator per image, for its starting noise and then any noise a stochastic scheduler adds
+    # (ancestral, SDE): an image depends on its seed alone, not on the batch it was drawn in.
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    latents = torch.stack([torch.randn((channels, lh, lw), generator=g) for g in generators])
+    latents = latents.to(model.device, model.dtype)
     sched = model.scheduler
+    step_kwargs = {"generator": generators} if "generator" in inspect.signature(sched.step).parameters else {}
     sched.set_timesteps(steps, device=model.device)
     latents = latents * sched.init_noise_sigma
 
@@ -271,7 +275,7 @@ def generate_batch(
             if cfg:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + guidance * (pred_c - pred_u)
-            x = sched.step(pred, t, x).prev_sample
+            x = sched.step(pred, t, x, **step_kwargs).prev_sample
         return x
 
     if capture is None:

@@ -56,11 +56,14 @@ def build_tokenizer():
     )
 
 
-def build_text_encoder(tokenizer) -> Any:
-    """A 2-layer, 64-wide CLIPTextModel sized for the toy vocabulary."""
+def build_text_encoder(tokenizer, width: int = 64) -> Any:
+    """A 2-layer CLIPTextModel sized for the toy vocabulary; the shipped model is 64 wide.
+
+    The UNet's ``cross_attention_dim`` must equal `width` (``build_unet(cross_attention_dim=width)``).
+    """
     from synthaug.random_sd import clip_text_encoder
 
-    return clip_text_encoder(tokenizer, 64, 2, 2, 128, MAX_TOKENS, projection_dim=64)
+    return clip_text_encoder(tokenizer, width, 2, 2, 2 * width, MAX_TOKENS, projection_dim=width)
 
 
 UNET_CONFIG: dict[str, Any] = dict(
@@ -86,9 +89,14 @@ def build_unet(**overrides: Any) -> Any:
     return UNet2DConditionModel(**{**UNET_CONFIG, **overrides})
 
 
+#: The sampler the model ships with. Euler ancestral beat DDIM (both 25 steps, guidance 3) on
+#: fidelity by 0.03-0.05 on two sets of 200 prompts, 2026-11-23; see the model card.
+SAMPLING_SCHEDULER = "euler_a"
+
+
 def build_scheduler(kind: str = "ddpm") -> Any:
-    """A cosine-schedule, v-prediction scheduler: DDPM for training, DDIM for sampling."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    """A cosine-schedule, v-prediction scheduler: DDPM for training; DDIM or Euler ancestral for sampling."""
+    from diffusers import DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler
 
     common = dict(
         num_train_timesteps=1000,
@@ -101,7 +109,9 @@ def build_scheduler(kind: str = "ddpm") -> Any:
         return DDPMScheduler(**common)
     if kind == "ddim":
         return DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing", rescale_betas_zero_snr=False)
-    raise ValueError(f"unknown scheduler kind {kind!r}: use 'ddpm' or 'ddim'")
+    if kind == "euler_a":  # the same betas and spacing as the DDIM sampler; Euler does not clip
+        return EulerAncestralDiscreteScheduler.from_config(build_scheduler("ddim").config)
+    raise ValueError(f"unknown scheduler kind {kind!r}: use 'ddpm', 'ddim' or 'euler_a'")
 
 
 def save_model(out_dir: Path, unet, text_encoder, tokenizer, card: dict[str, Any]) -> None:
@@ -111,14 +121,15 @@ def save_model(out_dir: Path, unet, text_encoder, tokenizer, card: dict[str, Any
     unet.save_pretrained(out_dir / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out_dir / "tokenizer")
-    build_scheduler("ddim").save_pretrained(out_dir / "scheduler")
+    scheduler = build_scheduler(SAMPLING_SCHEDULER)
+    scheduler.save_pretrained(out_dir / "scheduler")
     index = {
         "_class_name": "DiffusionPipeline",
         "_diffusers_version": _version("diffusers"),
         "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", type(scheduler).__name__],
     }
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out_dir / SYNTHAUG_MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n")

@@ -13,10 +13,11 @@ from synthaug.generator import generate_batch
 from synthaug.toy.evaluate import Variant, evaluate_toy_model, toy_prompts
 from synthaug.toy.model import SHIPPED_MODEL_DIR
 
-# Measured 2026-11-23 on these 32 prompts (seed 500), DDIM 25 steps, guidance 3, 2 CPU threads.
+# Measured 2026-11-23 on these 32 prompts (seed 500), the shipped sampler (Euler ancestral, 25 steps),
+# guidance 3, 2 CPU threads.
 # Floors sit 0.10 below each measurement; the assert messages print the measurement to compare.
-MEASURED = {"fidelity": 0.919, "colour_fidelity": 0.952, "cross": 0.848, "self_refined": 0.859, "cross+edge": 0.973}
-FLOORS = {"fidelity": 0.82, "colour_fidelity": 0.85, "cross": 0.75, "self_refined": 0.76, "cross+edge": 0.87}
+MEASURED = {"fidelity": 0.952, "colour_fidelity": 0.952, "cross": 0.860, "self_refined": 0.866, "cross+edge": 0.987}
+FLOORS = {"fidelity": 0.85, "colour_fidelity": 0.85, "cross": 0.76, "self_refined": 0.77, "cross+edge": 0.89}
 
 
 def test_files_are_local_small_and_described():
@@ -43,7 +44,10 @@ def test_generates_8_images_on_the_cpu(toy_model):
     assert out.images.shape == (8, 32, 32, 3) and out.images.dtype == np.uint8
     assert len({im.tobytes() for im in out.images}) == 8
     again = generate_batch(toy_model, prompts[:2], [0, 1], steps=10, guidance=3.0)
-    assert (again.images == out.images[:2]).all()  # seeded: the same seed gives the same image
+    # Seeded: the same seed gives the same image in a batch of 2 as in one of 8, though the shipped
+    # sampler (Euler ancestral) adds noise at every step; it draws it from each image's generator.
+    assert type(toy_model.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert (again.images == out.images[:2]).all()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,7 @@ def test_instances_match_the_objects_named(toy_model):
     """Prompts whose objects have distinct shapes: one instance per named object, of its class.
 
     Measured 2026-11-23 on these 32 prompts (seed 700), cross f2 + edge, min area 1%: the count
-    matches in 0.875 of images and the classes match in 0.875; floors 0.10 below.
+    matches in 0.844 of images and the classes match in 0.844; floors 0.10 below.
     """
     from synthaug.generator import generate_samples
     from synthaug.toy.world import TOY_VOCABULARY
@@ -98,4 +102,4 @@ def test_instances_match_the_objects_named(toy_model):
     named = [sorted(TOY_VOCABULARY.id_of(o.shape) for o in p.objects) for p in prompts]
     classes = sum(sorted(i.class_id for i in s.instances) == n for s, n in zip(samples, named)) / len(prompts)
     print({"count_match": count, "class_match": classes})
-    assert count >= 0.77 and classes >= 0.77, (count, classes)
+    assert count >= 0.74 and classes >= 0.74, (count, classes)
