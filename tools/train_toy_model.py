@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from synthaug.text import encode_text
 from synthaug.toy.model import (
-    SAMPLING_SCHEDULER,
     SHIPPED_MODEL_DIR,
     UNET_CONFIG,
     build_scheduler,
@@ -139,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             "vae": None,
             "default_steps": 25,
             "default_guidance": 3.0,
-            "default_scheduler": type(build_scheduler(SAMPLING_SCHEDULER)).__name__,
             "training": {
                 "seed": args.seed,
                 "steps_done": step,
