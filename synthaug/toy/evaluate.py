@@ -83,6 +83,8 @@ class ToyEvaluation:
     #: prompt's class and what was drawn agree, so a label by appearance and one by prompt coincide.
     miou_faithful: dict[str, float] = field(default_factory=dict)
     faithful_images: int = 0
+    #: Prompted objects checked, the count behind `fidelity` (for pooling sets and standard errors).
+    objects: int = 0
     #: Share of images whose instance count (min area 1%) equals the true one: the components of
     #: at least 1% of the image in the prompted objects' colour masks (what was actually drawn).
     instance_count_match: dict[str, float] = field(default_factory=dict)
@@ -227,6 +229,7 @@ def evaluate_toy_model(
         miou={name: acc.miou() for name, acc in accs.items()},
         miou_faithful={name: acc.miou() for name, acc in faithful_accs.items()} if faithful else {},
         faithful_images=faithful,
+        objects=len(checks),
         instance_count_match={k: v / n_images for k, v in count_match.items()},
         per_class_iou={name: [round(float(v), 4) for v in acc.per_class()] for name, acc in accs.items()},
         seconds_per_image=gen_seconds / n_images,

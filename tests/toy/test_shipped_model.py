@@ -65,6 +65,7 @@ def test_fidelity_clears_its_floor(evaluation):
     print({"fidelity": evaluation.fidelity, "colour_fidelity": evaluation.colour_fidelity})
     assert evaluation.fidelity >= FLOORS["fidelity"], (evaluation.fidelity, MEASURED["fidelity"])
     assert evaluation.colour_fidelity >= FLOORS["colour_fidelity"], evaluation.colour_fidelity
+    assert evaluation.objects == sum(len(p.objects) for p in toy_prompts(32, seed=500))
 
 
 @pytest.mark.slow
