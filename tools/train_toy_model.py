@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
                 "batch": args.batch,
                 "lr": args.lr,
                 "ema_decay": args.ema,
-                "text_width": args.text_width,
                 "threads": args.threads,
                 "final": final,
                 "loss_ema_final": round(running, 5) if running is not None else None,
