@@ -16,12 +16,12 @@ Writes benchmarks/results/annotators_decoder.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import result_path, write_result
 
 from synthaug.annotators import build_annotator
 from synthaug.annotators.decoder_training import TrainOptions, read_labelled_folder, train_decoder
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=96, help="generated images to score")
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "annotators_decoder.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/ named by the run's settings")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_model()
@@ -77,6 +77,8 @@ def main() -> None:
     rows = {
         name: {
             "miou": round(ev.miou[name], 3),
+            "miou_ignore_wrong": round(ev.miou_ignore_wrong[name], 3),
+            "ignore_share": round(ev.ignore_share[name], 4),
             "miou_faithful": round(ev.miou_faithful.get(name, float("nan")), 3),
             "per_class": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[name])),
             "annotate_ms_per_image": round(1000 * ev.annotate_seconds_per_image[name], 2),
@@ -94,8 +96,10 @@ def main() -> None:
         "training": training,
         "annotators": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or result_path(
+        "annotators_decoder", labelled=args.labelled, iterations=args.iterations, images=args.num, steps=args.steps
+    )
+    write_result(out, result)
     width = max(len(n) for n in rows)
     print(
         f"\n{args.num} generated images ({ev.faithful_images} faithful), {type(model.scheduler).__name__} {args.steps} steps"
@@ -106,7 +110,6 @@ def main() -> None:
             f"{name:<{width}}  {r['miou']:.3f}  {r['miou_faithful']:.3f}     {r['instance_count_match']:.3f}"
             f"              {r['annotate_ms_per_image']:.1f}"
         )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import result_path, write_result
 
 from synthaug.annotators import build_annotator
 from synthaug.annotators.refine import refine
@@ -108,6 +108,8 @@ def main() -> None:
     rows = {
         name: {
             "miou": round(ev.miou[name], 3),
+            "miou_ignore_wrong": round(ev.miou_ignore_wrong[name], 3),
+            "ignore_share": round(ev.ignore_share[name], 4),
             "per_class": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[name])),
             "annotate_ms_per_image": round(1000 * ev.annotate_seconds_per_image[name], 2),
         }
@@ -139,13 +141,18 @@ def main() -> None:
     print(
         f"{args.num} toy images, {type(model.scheduler).__name__} {args.steps} steps; mIoU against colour truth (ignore pixels left out)"
     )
-    print(f"{'annotator':<40} {'mIoU':>6} {'ms/img':>8}   " + " ".join(f"{n:>10}" for n in TOY_VOCABULARY.names))
+    print(
+        f"{'annotator':<40} {'mIoU':>6} {'ign=wrong':>9} {'ignore':>7} {'ms/img':>8}   "
+        + " ".join(f"{n:>10}" for n in TOY_VOCABULARY.names)
+    )
     for name, r in rows.items():
         per = " ".join(f"{v:10.3f}" for v in r["per_class"].values())
-        print(f"{name:<40} {r['miou']:6.3f} {r['annotate_ms_per_image']:8.2f}   {per}")
+        print(
+            f"{name:<40} {r['miou']:6.3f} {r['miou_ignore_wrong']:9.3f} {r['ignore_share']:7.4f} "
+            f"{r['annotate_ms_per_image']:8.2f}   {per}"
+        )
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("refine", "edge"))}, indent=2))
-    out = Path(__file__).parent / "results" / "annotators_toy.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result_path("annotators_toy", images=args.num, steps=args.steps, refine_size=args.refine_size), result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from results_io import result_path, write_result
 from torch.utils.data import DataLoader
 
 from synthaug.mix import SyntheticMixDataset
@@ -136,8 +137,11 @@ def main() -> None:
         "ratio_to_real_only": {k: round(v / base, 3) for k, v in med.items()},
     }
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "results" / "mix_loader.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(
+        result_path("mix_loader", real=args.real, synthetic=args.synthetic, size=args.size, ratio=args.ratio,
+                    workers=args.workers, batch=args.batch),
+        result,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

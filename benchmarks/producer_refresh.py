@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import result_path, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,7 +72,7 @@ def main() -> None:
         "refresh_cost_per_iteration_over_step_time": round(refresh_ms / 1000 / args.interval / step_s, 5),
     }
     print(json.dumps(result, indent=2))
-    (Path(__file__).parent / "results" / "producer_refresh.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result_path("producer_refresh", iterations=args.iters, interval=args.interval), result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results_io import result_path, write_result
 
 from synthaug.store import MANIFEST, SEGMENTS, SampleStore, StoreWriter, create_store
 from synthaug.toy.world import TOY_VOCABULARY, render_seed
@@ -37,12 +38,21 @@ def read_store(store: SampleStore) -> None:
         store.read(i)
 
 
+def bulk_line(rec: dict, k: int) -> str:
+    """Record `rec` as sample k of segment 'bulk' (a reader takes only records whose id and paths are the
+    segment's own), as one manifest line."""
+    sid = f"bulk-{k:08d}"
+    paths = {"image": f"{SEGMENTS}/bulk/samples/{sid}.png", "mask": f"{SEGMENTS}/bulk/samples/{sid}.mask.png"}
+    return json.dumps({**rec, "id": sid, **paths}, separators=(",", ":")) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-save", action="store_true", help="print only; write no file under benchmarks/results/")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="synthaug-bench-"))
     try:
@@ -92,8 +102,7 @@ def main() -> None:
         rec = dict(store.records[0])
         with open(seg / MANIFEST, "w") as f:
             for k in range(args.records):
-                rec["id"] = f"bulk-{k:08d}"
-                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                f.write(bulk_line(rec, k))
         t0 = time.perf_counter()
         reader = SampleStore(big)
         results["open_s_at_records"] = round(time.perf_counter() - t0, 3)
@@ -104,8 +113,7 @@ def main() -> None:
             refresh_noop.append(time.perf_counter() - t0)
             with open(seg / MANIFEST, "a") as f:
                 for k in range(10):
-                    rec["id"] = f"bulk-x{r}-{k}"
-                    f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                    f.write(bulk_line(rec, args.records + 10 * r + k))
             t0 = time.perf_counter()
             assert reader.refresh() == 10
             refresh_new.append(time.perf_counter() - t0)
@@ -116,8 +124,9 @@ def main() -> None:
         )
         results["image_size"] = args.size
         print(json.dumps(results, indent=2))
-        out = Path(__file__).parent / "results" / "store_io.json"
-        out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **results}, indent=2) + "\n")
+        if not args.no_save:
+            config = {"samples": args.samples, "size": args.size, "records": args.records, "rounds": args.rounds}
+            write_result(result_path("store_io", **config), {"date": time.strftime("%Y-%m-%d"), **results})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,16 +6,17 @@
 One set of 200 prompts (about 400 objects) pins fidelity down to about +-0.015, and the sets
 differ by more than that, so a goal such as "fidelity >= 0.9" is judged on the pooled figure.
 Seed 10000 is `toy_model_quality.py`'s set; the model card says which sets informed choices.
-Writes benchmarks/results/toy_model_fidelity.json.
+Writes benchmarks/results/toy_model_fidelity__model-...__scheduler-...json, one file per configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
+
+from results_io import result_path, write_result
 
 from synthaug.generator import load_model
 from synthaug.toy.evaluate import evaluate_toy_model, toy_prompts
@@ -36,7 +37,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--scheduler", default=None, help="override the model folder's sampler, e.g. ddim")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_model_fidelity.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/ named by model, sampler and sets")
     args = ap.parse_args()
     model = load_model(args.model, scheduler=args.scheduler)
     sampler = type(model.scheduler).__name__
@@ -60,8 +61,12 @@ def main() -> None:
         "pooled": {"fidelity": round(p, 4), "objects": n, "standard_error": round(se, 4)},
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    model_name = "shipped" if args.model is None else args.model
+    out = args.out or result_path(
+        "toy_model_fidelity", model=model_name, scheduler=sampler, steps=args.steps, guidance=args.guidance,
+        sets=f"{len(args.seeds)}x{args.num}",
+    )  # fmt: skip
+    write_result(out, result)
 
 
 if __name__ == "__main__":

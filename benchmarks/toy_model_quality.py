@@ -10,12 +10,12 @@ one run, so their differences are not machine noise. Writes benchmarks/results/t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from results_io import result_path, write_result
 
 from synthaug.generator import load_model
 from synthaug.toy.evaluate import cross_variant, evaluate_toy_model, toy_prompts
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--threshold", default="0.5", help="a number in [0, 1] or 'otsu'")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_model_quality.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/ named by model and sampling")
     args = ap.parse_args()
     threshold = args.threshold if args.threshold == "otsu" else float(args.threshold)
     model = load_model(args.model)
@@ -64,8 +64,12 @@ def main() -> None:
         "seconds_per_image": round(ev.seconds_per_image, 3),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or result_path(
+        "toy_model_quality", model="shipped" if args.model is None else args.model,
+        scheduler=type(model.scheduler).__name__, steps=args.steps, guidance=args.guidance, prompts=args.num,
+        threshold=args.threshold,
+    )  # fmt: skip
+    write_result(out, result)
     print(
         f"toy model, {args.num} prompts, {type(model.scheduler).__name__} {args.steps} steps, guidance {args.guidance}, threshold {threshold}"
     )

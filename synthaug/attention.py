@@ -1,13 +1,15 @@
 """Attention capture for diffusers UNets: swap in capturing processors, accumulate in place, restore.
 
-    with capture_attention(unet, CaptureSpec(cross_factors=(1, 2))) as store:   # SD's 64 and 32 px maps
-        ...run the denoising loop, calling store.begin_step(i, n) and store.set_layout(...)...
-    maps = store.cross_maps()          # {factor: (B, h, w, L)} averaged over layers, heads and steps
+    with capture_attention(unet, CaptureSpec(cross_factors=(1, 2))) as captured:   # SD's 64 and 32 px maps
+        ...run the denoising loop, calling captured.begin_step(i, n) and captured.set_layout(...)...
+    maps = captured.cross_maps()          # {factor: (B, h, w, L)} averaged over layers, heads and steps
 
-With ``CaptureSpec(features=(1, 2, 4), timestep=50)`` the same context also keeps, at the one
-denoising step whose timestep is nearest 50, the UNet decoder's features (each up block's
-output before its upsampler) and that step's cross-attention (``cross_maps(at_step=True)``):
-what the learned decoder annotator reads.
+With ``CaptureSpec(features=(1, 2, 4), timestep=50)`` the same context also keeps, from one
+extra UNet pass over the image noised to timestep 50 exactly (``captured.begin_timestep_pass()``;
+see synthaug.features.timestep_pass), the UNet decoder's features (each up block's output
+before its upsampler) and that pass's cross-attention (``cross_maps(at_step=True)``): what the
+learned decoder annotator reads, at the timestep it was trained at, on generated and real
+images alike (a sampler's own steps rarely fall on it: 25 Euler steps pass t=39, not 50).
 
 Each captured layer keeps its original (fused) processor for its output; the capturing
 wrapper only recomputes the attention probabilities of the rows it needs (the conditional
@@ -35,8 +37,8 @@ class CaptureSpec:
     """What to capture: cross- and self-attention factors, UNet decoder feature factors, and when.
 
     `step_range` is the share of steps (start, end) in [0, 1] over which attention is averaged.
-    `timestep`, when set, picks the one step (the nearest timestep) whose features and
-    cross-attention are kept apart: the learned decoder is trained at one timestep.
+    `timestep`, when set, is the timestep of the extra pass whose features and cross-attention
+    are kept apart: the learned decoder is trained, and read, at one timestep.
     """
 
     cross_factors: tuple[int, ...] = (1, 2)
@@ -58,7 +60,7 @@ class CaptureSpec:
 
 
 @dataclass
-class AttentionStore:
+class CapturedAttention:
     """Running sums of captured attention, per factor; filled by the capturing processors."""
 
     spec: CaptureSpec
@@ -74,26 +76,24 @@ class AttentionStore:
     feature_count: dict[int, int] = field(default_factory=dict)
     step_cross_sum: dict[int, torch.Tensor] = field(default_factory=dict)
     step_cross_count: dict[int, int] = field(default_factory=dict)
-    schedule: tuple[int, ...] = ()
-
-    def set_schedule(self, timesteps) -> None:
-        """The denoising loop's timesteps, so that `CaptureSpec.timestep` can pick its step."""
-        self.schedule = tuple(int(t) for t in timesteps)
 
     def set_layout(self, latent_hw: tuple[int, int], cond_rows: slice) -> None:
-        """Tell the store the latent size and which batch rows are the conditional ones."""
+        """Tell the capture the latent size and which batch rows are the conditional ones."""
         self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
         self.cond_rows = cond_rows
 
     def begin_step(self, index: int, total: int) -> None:
-        """Mark the start of denoising step `index` of `total`: is it inside spec.step_range, is it spec.timestep's."""
+        """Mark the start of denoising step `index` of `total`: is it inside spec.step_range."""
         pos = (index + 0.5) / max(total, 1)
         self.active = self.spec.step_range[0] <= pos < self.spec.step_range[1]
         self.at_step = False
-        if self.spec.timestep is not None:
-            if len(self.schedule) != total:
-                raise RuntimeError("CaptureSpec.timestep needs store.set_schedule(timesteps) before the loop")
-            self.at_step = index == min(range(total), key=lambda i: abs(self.schedule[i] - self.spec.timestep))
+
+    def begin_timestep_pass(self, average: bool = False) -> None:
+        """Mark the start of the pass at spec.timestep: its features and cross-attention are kept apart
+        (`at_step`); with `average` its attention also goes into the running sums (a real image's only pass)."""
+        if self.spec.timestep is None:
+            raise RuntimeError("a timestep pass needs CaptureSpec.timestep")
+        self.active, self.at_step = average, True
 
     def reset(self) -> None:
         sums = (self.cross_sum, self.self_sum, self.feature_sum, self.step_cross_sum)
@@ -152,27 +152,31 @@ class AttentionStore:
 
 
 class CapturingProcessor:
-    """Wraps an attention processor: the output comes from the original, probabilities go to the store."""
+    """Wraps an attention processor: the output comes from the original, probabilities go to the captured."""
 
-    def __init__(self, inner, store: AttentionStore) -> None:
+    def __init__(self, inner, captured: CapturedAttention) -> None:
         self.inner = inner
-        self.store = store
+        self.captured = captured
 
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
     ):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        store = self.store
-        if (store.active or store.at_step) and hidden_states.ndim == 3 and attn.spatial_norm is None:
+        captured = self.captured
+        if (captured.active or captured.at_step) and hidden_states.ndim == 3 and attn.spatial_norm is None:
             kind = "self" if encoder_hidden_states is None else "cross"
-            wanted = store.spec.self_factors if kind == "self" else store.spec.cross_factors
-            geometry = store.factor_of(hidden_states.shape[1])
-            kinds = [k for k, on in ((kind, store.active), ("step_cross", store.at_step and kind == "cross")) if on]
+            wanted = captured.spec.self_factors if kind == "self" else captured.spec.cross_factors
+            geometry = captured.factor_of(hidden_states.shape[1])
+            kinds = [
+                k for k, on in ((kind, captured.active), ("step_cross", captured.at_step and kind == "cross")) if on
+            ]
             if geometry is not None and geometry[0] in wanted and kinds:
                 with torch.no_grad():
-                    probs = attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, store.cond_rows)
+                    probs = attention_probs(
+                        attn, hidden_states, encoder_hidden_states, attention_mask, captured.cond_rows
+                    )
                     for k in kinds:
-                        store.add(k, geometry[0], probs)
+                        captured.add(k, geometry[0], probs)
         return out
 
 
@@ -248,9 +252,9 @@ def default_cross_factors(unet, preferred: tuple[int, ...] = (1, 2)) -> tuple[in
 
 
 @contextmanager
-def capture_attention(unet, spec: CaptureSpec) -> Iterator[AttentionStore]:
+def capture_attention(unet, spec: CaptureSpec) -> Iterator[CapturedAttention]:
     """Swap capturing processors into `unet` for the duration; restore the originals on exit, also on error."""
-    store = AttentionStore(spec)
+    captured = CapturedAttention(spec)
     originals = dict(unet.attn_processors)
     kinds = set()
     if spec.cross_factors:
@@ -258,28 +262,28 @@ def capture_attention(unet, spec: CaptureSpec) -> Iterator[AttentionStore]:
     if spec.self_factors:
         kinds.add("attn1")
     wrapped = {
-        name: CapturingProcessor(proc, store) if name.split(".")[-2] in kinds else proc
+        name: CapturingProcessor(proc, captured) if name.split(".")[-2] in kinds else proc
         for name, proc in originals.items()
     }
     unet.set_attn_processor(wrapped)
-    handles = feature_hooks(unet, store) if spec.features else []
+    handles = feature_hooks(unet, captured) if spec.features else []
     try:
-        yield store
+        yield captured
     finally:
         for h in handles:
             h.remove()
         unet.set_attn_processor(originals)
 
 
-def feature_hooks(unet, store: AttentionStore) -> list:
-    """Hooks that add each up block's features (before its upsampler) to `store` at the wanted factors."""
+def feature_hooks(unet, captured: CapturedAttention) -> list:
+    """Hooks that add each up block's features (before its upsampler) to `captured` at the wanted factors."""
 
     def keep(x: torch.Tensor) -> None:
-        if not (store.at_step if store.spec.timestep is not None else store.active) or x.ndim != 4:
+        if not (captured.at_step if captured.spec.timestep is not None else captured.active) or x.ndim != 4:
             return
-        f = store.latent_hw[0] // x.shape[-2] if x.shape[-2] else 0
-        if f in store.spec.features and store.grid(f) == tuple(x.shape[-2:]):
-            store.add("feature", f, x[store.cond_rows])
+        f = captured.latent_hw[0] // x.shape[-2] if x.shape[-2] else 0
+        if f in captured.spec.features and captured.grid(f) == tuple(x.shape[-2:]):
+            captured.add("feature", f, x[captured.cond_rows])
 
     handles = []
     for block in unet.up_blocks:

@@ -1,4 +1,5 @@
-"""The `synthaug` command line: demo, generate, produce, train-annotator, toy-data, verify, stats, export, show."""
+"""The `synthaug` command line: demo, generate, produce, train-annotator, toy-data, verify, stats, export, show,
+wrap-config."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         train=not args.no_train,
         n_real=args.real,
         train_iters=args.train_iters,
+        report_path=args.report,
     )
     return 0
 
@@ -113,10 +115,16 @@ def _cmd_train_annotator(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from synthaug.store_ops import verify
+    from synthaug.store_repair import purge_quarantine
 
-    report = verify(args.store, repair=args.repair)
+    if args.purge_quarantine:
+        print(f"deleted {purge_quarantine(args.store)} quarantined file(s) from {args.store / 'quarantine'}")
+        return 0
+    report = verify(args.store, repair=args.repair, sample=args.sample, jobs=args.jobs, progress=sys.stderr.isatty())
     print(report.summary())
-    return 0 if report.clean or report.repaired else 1
+    if args.repair:
+        return 1 if report.remaining else 0
+    return 0 if report.clean else 1
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -132,7 +140,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from synthaug.store_ops import export
 
-    n = export(args.store, args.out, args.format, split=args.split)
+    n = export(args.store, args.out, args.format, split=args.split, link=args.link, shard_size=args.shard_size)
     print(f"exported {n} samples to {args.out} ({args.format})")
     return 0
 
@@ -158,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
     demo.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance (default: 3)")
     demo.add_argument("--model", default=None, help="local model folder (default: the shipped toy model)")
+    demo.add_argument("--report", type=Path, default=None, help="where to write the report (default: OUT/report.json)")
     demo.add_argument("--no-train", action="store_true", help="skip the mmseg training comparison")
     demo.add_argument("--train-iters", type=int, default=600, help="iterations per training run (default: 600)")
     demo.add_argument("--real", type=int, default=10, help="real toy training images (default: 10)")
@@ -227,7 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="read every sample of a store back and report problems")
     verify.add_argument("store", type=Path)
-    verify.add_argument("--repair", action="store_true", help="quarantine corrupt samples, delete crash leftovers")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="move corrupt samples and crash leftovers into quarantine/, blank bad log lines (deletes nothing); "
+        "exits 1 while problems remain",
+    )
+    verify.add_argument(
+        "--purge-quarantine", action="store_true", help="delete the files an earlier --repair moved into quarantine/"
+    )
+    verify.add_argument("--sample", type=int, default=None, help="read back only N samples drawn at random")
+    verify.add_argument("--jobs", type=int, default=1, help="processes that read samples back (default: 1)")
     verify.set_defaults(func=_cmd_verify)
 
     st = sub.add_parser("stats", help="counts per class and segment, quality distribution")
@@ -235,11 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_cmd_stats)
 
-    ex = sub.add_parser("export", help="write the store as mmseg folders or COCO JSON")
+    ex = sub.add_parser("export", help="write the store as mmseg folders, COCO JSON or WebDataset tar shards")
     ex.add_argument("store", type=Path)
     ex.add_argument("out", type=Path)
-    ex.add_argument("--format", choices=("mmseg", "coco"), required=True)
+    ex.add_argument("--format", choices=("mmseg", "coco", "webdataset"), required=True)
+    ex.add_argument("--shard-size", type=int, default=1000, help="webdataset: samples per tar shard (default: 1000)")
     ex.add_argument("--split", default="train", help="split folder name (default: train)")
+    ex.add_argument(
+        "--link", action="store_true", help="hard-link images instead of copying them (an edit then changes the store)"
+    )
     ex.set_defaults(func=_cmd_export)
 
     show = sub.add_parser("show", help="write an HTML gallery with mask overlays and a PNG contact sheet")
@@ -247,7 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", type=Path, required=True)
     show.add_argument("--limit", type=int, default=500, help="at most this many samples (default: 500)")
     show.set_defaults(func=_cmd_show)
+
+    wrap = sub.add_parser(
+        "wrap-config", help="write a training config that inherits yours and mixes in a store (mmseg, detectron2)"
+    )
+    wrap.add_argument("config", help="your training config: mmseg .py, detectron2 .yaml or LazyConfig .py")
+    wrap.add_argument("--store", required=True, help="the store to mix in (as the training run will see the path)")
+    wrap.add_argument("--ratio", type=float, required=True, help="expected share of synthetic samples, in (0, 1)")
+    wrap.add_argument("-o", "--out", type=Path, default=None, help="the new config (mmseg, yacs)")
+    wrap.add_argument("--seed", type=int, default=0, help="the mix plan's seed (default: 0)")
+    wrap.add_argument("--interval", type=int, default=50, help="mmseg: adopt new store samples every N iterations")
+    wrap.set_defaults(func=_cmd_wrap_config)
     return parser
+
+
+def _cmd_wrap_config(args: argparse.Namespace) -> int:
+    from synthaug.wrap_config import wrap_config
+
+    print(wrap_config(args.config, args.store, args.ratio, args.out, seed=args.seed, interval=args.interval))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, StoreError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, StoreError) as err:
         print(f"synthaug {args.command}: error: {err}", file=sys.stderr)
         return 2
 

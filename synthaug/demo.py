@@ -45,8 +45,9 @@ def run_demo(
     n_real: int = 10,
     n_val: int = 100,
     train_iters: int = 600,
+    report_path: Path | None = None,
 ) -> dict:
-    """Run the demo into `out`; returns the report it also writes as report.json.
+    """Run the demo into `out`; returns the report it also writes as report.json (or to `report_path`).
 
     With `train`, it then trains mmseg's tools/train.py on `n_real` real toy images (5% of the
     default toy training set), once alone and once mixed with the generated store, and scores
@@ -64,17 +65,7 @@ def run_demo(
     store = write_store(out / "data" / "toy_store", m, prompts, ev.images, ev.masks[REFINED], steps, guidance)
     gallery = write_gallery(store, out / "gallery")
     print(f"[demo] {num} samples in store {store}; gallery {gallery}", flush=True)
-    served = serve_one_epoch(store)
-    tiles = []
-    for p, img, mask in zip(prompts, ev.images, ev.masks[REFINED]):
-        truth = semantic_truth(img, p.objects)
-        tiles += [
-            img,
-            colour_mask(mask, TOY_VOCABULARY.palette),
-            colour_mask(truth, TOY_VOCABULARY.palette),
-        ]
-    sheet = contact_sheet(tiles, columns=12, scale=3)
-    Image.fromarray(sheet).save(out / "contact_sheet.png")
+    write_contact_sheet(out / "contact_sheet.png", prompts, ev.images, ev.masks[REFINED])
     report = {
         "model": str(m.path),
         "images": num,
@@ -85,34 +76,55 @@ def run_demo(
         "mask_miou_vs_colour_truth": round(ev.miou[RECIPE], 3),
         "refined_miou_vs_colour_truth": round(ev.miou[REFINED], 3),
         "per_class_iou": {n: round(v, 3) for n, v in zip(TOY_VOCABULARY.names, ev.per_class_iou[REFINED])},
-        "mix_epoch": served,
+        "mix_epoch": serve_one_epoch(store),
         "seconds_per_image": round(ev.seconds_per_image, 3),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     print_table(report)
     if train:
-        from synthaug.demo_training import compare, format_comparison
-
-        for old in (out / "data" / "toy", out / "work_dirs"):
-            shutil.rmtree(old, ignore_errors=True)
-        write_toy_dataset(out / "data" / "toy", {"train": n_real, "val": n_val})
-        results = compare(out, iters=train_iters)
-        print(format_comparison(results, n_real, n_val), flush=True)
-        report["training"] = {
-            r.name: {
-                "miou": r.miou,
-                "per_class_iou": r.per_class,
-                "images_seen": r.images_seen,
-                "synthetic_served": r.synthetic_served,
-                "wall_s": round(r.wall_s, 1),
-            }
-            for r in results
-        }
-        report["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"[demo] total wall time {report['wall_seconds']} s", flush=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"[demo] contact sheet (image | refined mask | colour truth): {out / 'contact_sheet.png'}")
+        report["training"] = train_and_compare(out, n_real, n_val, train_iters)
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"[demo] total wall time {report['wall_seconds']} s", flush=True)
+    report_path = report_path or out / "report.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"[demo] report: {report_path}; contact sheet (image | refined mask | colour truth): {out / 'contact_sheet.png'}"
+    )
     return report
+
+
+def write_contact_sheet(path: Path, prompts, images, masks) -> None:
+    """Each image beside its refined mask and its colour truth, 12 tiles a row."""
+    tiles = []
+    for p, img, mask in zip(prompts, images, masks):
+        tiles += [
+            img,
+            colour_mask(mask, TOY_VOCABULARY.palette),
+            colour_mask(semantic_truth(img, p.objects), TOY_VOCABULARY.palette),
+        ]
+    Image.fromarray(contact_sheet(tiles, columns=12, scale=3)).save(path)
+
+
+def train_and_compare(out: Path, n_real: int, n_val: int, iters: int) -> dict:
+    """mmseg's tools/train.py on `n_real` real toy images, alone and mixed with the demo's store; both scored."""
+    from synthaug.demo_training import compare, format_comparison
+
+    for old in (out / "data" / "toy", out / "work_dirs"):
+        shutil.rmtree(old, ignore_errors=True)
+    write_toy_dataset(out / "data" / "toy", {"train": n_real, "val": n_val})
+    results = compare(out, iters=iters)
+    print(format_comparison(results, n_real, n_val), flush=True)
+    return {
+        r.name: {
+            "miou": r.miou,
+            "per_class_iou": r.per_class,
+            "images_seen": r.images_seen,
+            "synthetic_served": r.synthetic_served,
+            "wall_s": round(r.wall_s, 1),
+        }
+        for r in results
+    }
 
 
 def write_store(path: Path, model, prompts, images, masks, steps: int, guidance: float) -> Path:

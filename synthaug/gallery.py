@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from synthaug.sample import Sample
 from synthaug.store import SampleStore
+from synthaug.store_export import out_dir, out_file
 from synthaug.visualize import contact_sheet, overlay
 
 THUMB = 160
@@ -31,7 +33,7 @@ def write_gallery(store_path: str | Path, out: str | Path, limit: int = 500, col
     """Write out/index.html, out/thumbs/*.png and out/contact_sheet.png for up to `limit` samples."""
     store = SampleStore(store_path)
     out = Path(out)
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    thumbs = out_dir(out, "thumbs")
     vocab = store.vocabulary
     cards, tiles, quality_keys = [], [], set()
     for i in range(min(limit, len(store))):
@@ -39,28 +41,19 @@ def write_gallery(store_path: str | Path, out: str | Path, limit: int = 500, col
         if sample is None:
             continue
         over = overlay(sample.image, sample.mask, vocab.palette, alpha=0.5)
-        name = f"{sample.id}.png"
-        _thumb(np.concatenate([sample.image, over], axis=1), THUMB * 2).save(out / "thumbs" / name)
+        name = f"{i:07d}.png"  # never a name taken from the store: an id cannot steer where a file goes
+        _thumb(np.concatenate([sample.image, over], axis=1), THUMB * 2).save(out_file(thumbs, name))
         tiles.append(np.array(_thumb(over, 96)))
         quality_keys |= set(sample.quality)
-        classes = [vocab.names[c] for c in sample.classes_present]
-        q = " ".join(f"{k}={v:.3f}" for k, v in sorted(sample.quality.items()))
-        cards.append(
-            f'<div class="card" data-classes="{html.escape(" ".join(classes))}" '
-            f"data-quality='{html.escape(json.dumps(sample.quality))}'>"
-            f'<img src="thumbs/{name}" alt="{html.escape(sample.id)}">'
-            f'<div class="p">{html.escape(sample.prompt)}</div>'
-            f'<div class="m">seed {sample.seed} · {html.escape(", ".join(classes))}</div>'
-            f'<div class="m">{html.escape(q)}</div></div>'
-        )
+        cards.append(_card(sample, [vocab.names[c] for c in sample.classes_present], name))
     if tiles:
         size = max(t.shape[0] for t in tiles)
         tiles = [
             np.pad(t, ((0, size - t.shape[0]), (0, size - t.shape[1]), (0, 0)), constant_values=255) for t in tiles
         ]
-        Image.fromarray(contact_sheet(tiles, columns=columns)).save(out / "contact_sheet.png")
+        Image.fromarray(contact_sheet(tiles, columns=columns)).save(out_file(out, "contact_sheet.png"))
     legend = "".join(
-        f'<span class="sw" style="background:rgb{tuple(c)}"></span>{html.escape(n)} '
+        f'<span class="sw" style="background:rgb{tuple(int(v) for v in c)}"></span>{html.escape(n)} '
         for n, c in zip(vocab.names, vocab.palette)
     )
     boxes = "".join(
@@ -88,5 +81,19 @@ grid.replaceChildren(...shown);}}
 document.querySelectorAll('input,select').forEach(e=>e.addEventListener('change',update));
 </script></body></html>
 """
-    (out / "index.html").write_text(page)
-    return out / "index.html"
+    page_file = out_file(out, "index.html")
+    page_file.write_text(page)
+    return page_file
+
+
+def _card(sample: Sample, classes: list[str], thumb: str) -> str:
+    """One sample's card; every field from the store is HTML-escaped (ids, seeds, prompts and figures alike)."""
+    e = html.escape
+    q = " ".join(f"{k}={v:.3f}" for k, v in sorted(sample.quality.items()))
+    return (
+        f'<div class="card" data-classes="{e(" ".join(classes))}" data-quality="{e(json.dumps(sample.quality))}">'
+        f'<img src="thumbs/{e(thumb)}" alt="{e(str(sample.id))}" title="{e(str(sample.id))}">'
+        f'<div class="p">{e(sample.prompt)}</div>'
+        f'<div class="m">seed {e(str(sample.seed))} · {e(", ".join(classes))}</div>'
+        f'<div class="m">{e(q)}</div></div>'
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from synthaug.annotators import build_annotator, prepare_annotator
+from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.config import GenerationConfig
 from synthaug.generator import check_size_before_load, generate_samples, load_model, resolve_scheduler_class
 from synthaug.store import StoreWriter, create_store
@@ -15,18 +16,18 @@ from synthaug.store import StoreWriter, create_store
 def samples_from_config(cfg: GenerationConfig, model, specs, annotator, batch_size: int | None = None):
     """generate_samples with the config's sampling, annotation and size settings (one place for both
     `synthaug generate` and the producer)."""
+    pipeline = AnnotationPipeline(
+        annotator, cfg.class_vocabulary(), cfg.refine, cfg.refine_params, cfg.min_instance_area
+    )
     return generate_samples(
         model,
         specs,
-        annotator,
-        refine_method=cfg.refine,
-        refine_params=cfg.refine_params,
+        pipeline,
         batch_size=batch_size or cfg.batch_size,
         steps=cfg.steps,
         guidance=cfg.guidance,
         height=cfg.height,
         width=cfg.width,
-        min_instance_area=cfg.min_instance_area,
     )
 
 

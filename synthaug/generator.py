@@ -14,16 +14,20 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from synthaug.annotators.base import Annotator
-from synthaug.attention import AttentionStore, CaptureSpec, capture_attention
+from synthaug.attention import CapturedAttention, CaptureSpec, capture_attention
+from synthaug.features import timestep_pass
 from synthaug.prompts import PromptSpec
 from synthaug.sample import Sample
 from synthaug.text import TEXT_MASK_POLICIES, EncodedText, encode_text
+
+if TYPE_CHECKING:
+    from synthaug.annotators.pipeline import AnnotationPipeline
 
 #: Short scheduler names accepted by ``--scheduler``; any diffusers scheduler class name works too.
 SCHEDULERS: dict[str, str] = {
@@ -159,13 +163,13 @@ def load_model(
 
 @dataclass
 class GeneratedBatch:
-    """Images (B, H, W, 3) uint8, the prompts and seeds, token ids, and the attention store if captured."""
+    """Images (B, H, W, 3) uint8, the prompts and seeds, token ids, and the attention captured if captured."""
 
     images: np.ndarray
     prompts: list[str]
     seeds: list[int]
     input_ids: torch.Tensor
-    store: AttentionStore | None
+    captured: CapturedAttention | None
 
 
 def size_multiple(unet_config: dict[str, Any], vae_config: dict[str, Any] | None) -> int:
@@ -221,6 +225,54 @@ def check_generation_inputs(
         raise ValueError(f"guidance={guidance} must be >= 0 (0 or 1 disables classifier-free guidance)")
 
 
+def guided_text(model: DiffusionModel, prompts: list[str], negative_prompt: str, cfg: bool) -> EncodedText:
+    """The prompts' encoding; under classifier-free guidance the negative prompt's rows come first."""
+    text = encode_text(model.tokenizer, model.text_encoder, prompts, model.text_mask_policy)
+    if not cfg:
+        return text
+    uncond = encode_text(model.tokenizer, model.text_encoder, [negative_prompt] * len(prompts), model.text_mask_policy)
+    return EncodedText(
+        torch.cat([uncond.input_ids, text.input_ids]),
+        torch.cat([uncond.embeddings, text.embeddings]),
+        None if text.encoder_mask is None else torch.cat([uncond.encoder_mask, text.encoder_mask]),
+    )
+
+
+def conditional_rows(text: EncodedText, n: int, cfg: bool) -> EncodedText:
+    """The rows of the prompts themselves (the last n under classifier-free guidance)."""
+    if not cfg:
+        return text
+    mask = None if text.encoder_mask is None else text.encoder_mask[n:]
+    return EncodedText(text.input_ids[n:], text.embeddings[n:], mask)
+
+
+def denoise(
+    model: DiffusionModel,
+    latents: torch.Tensor,
+    text: EncodedText,
+    guidance: float,
+    generators: list[torch.Generator],
+    captured: CapturedAttention | None,
+) -> torch.Tensor:
+    """The sampling loop over the scheduler's timesteps (already set), with classifier-free guidance when
+    `guidance` > 1; each step marked in `captured` (its conditional rows: the last half under guidance)."""
+    sched, n, cfg = model.scheduler, len(latents), guidance > 1.0
+    step_kwargs = {"generator": generators} if "generator" in inspect.signature(sched.step).parameters else {}
+    if captured is not None:
+        captured.set_layout(tuple(latents.shape[-2:]), slice(n, 2 * n) if cfg else slice(0, n))
+    x = latents
+    for i, t in enumerate(sched.timesteps):
+        if captured is not None:
+            captured.begin_step(i, len(sched.timesteps))
+        inp = sched.scale_model_input(torch.cat([x, x]) if cfg else x, t)
+        pred = model.unet(inp, t, text.embeddings, encoder_attention_mask=text.encoder_mask).sample
+        if cfg:
+            pred_u, pred_c = pred.chunk(2)
+            pred = pred_u + guidance * (pred_c - pred_u)
+        x = sched.step(pred, t, x, **step_kwargs).prev_sample
+    return x
+
+
 @torch.no_grad()
 def generate_batch(
     model: DiffusionModel,
@@ -237,80 +289,44 @@ def generate_batch(
     height = height or model.default_size
     width = width or model.default_size
     check_generation_inputs(model, prompts, seeds, height, width, steps, guidance)
-    prompts = list(prompts)
-    n = len(prompts)
-    cfg = guidance > 1.0
-    text = encode_text(model.tokenizer, model.text_encoder, prompts, model.text_mask_policy)
-    if cfg:
-        uncond = encode_text(model.tokenizer, model.text_encoder, [negative_prompt] * n, model.text_mask_policy)
-        text = EncodedText(
-            torch.cat([uncond.input_ids, text.input_ids]),
-            torch.cat([uncond.embeddings, text.embeddings]),
-            None if text.encoder_mask is None else torch.cat([uncond.encoder_mask, text.encoder_mask]),
-        )
+    prompts, cfg = list(prompts), guidance > 1.0
+    text = guided_text(model, prompts, negative_prompt, cfg)
     f = model.vae_factor
-    lh, lw = height // f, width // f
-    channels = model.unet.config.in_channels
     # One generator per image, for its starting noise and then any noise a stochastic scheduler adds
     # (ancestral, SDE): an image depends on its seed alone, not on the batch it was drawn in.
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    latents = torch.stack([torch.randn((channels, lh, lw), generator=g) for g in generators])
-    latents = latents.to(model.device, model.dtype)
-    sched = model.scheduler
-    step_kwargs = {"generator": generators} if "generator" in inspect.signature(sched.step).parameters else {}
-    sched.set_timesteps(steps, device=model.device)
-    latents = latents * sched.init_noise_sigma
-
-    def loop(store: AttentionStore | None) -> torch.Tensor:
-        x = latents
-        if store is not None:
-            store.set_layout((lh, lw), slice(n, 2 * n) if cfg else slice(0, n))
-            store.set_schedule(sched.timesteps)
-        for i, t in enumerate(sched.timesteps):
-            if store is not None:
-                store.begin_step(i, len(sched.timesteps))
-            inp = torch.cat([x, x]) if cfg else x
-            inp = sched.scale_model_input(inp, t)
-            pred = model.unet(inp, t, text.embeddings, encoder_attention_mask=text.encoder_mask).sample
-            if cfg:
-                pred_u, pred_c = pred.chunk(2)
-                pred = pred_u + guidance * (pred_c - pred_u)
-            x = sched.step(pred, t, x, **step_kwargs).prev_sample
-        return x
-
+    shape = (model.unet.config.in_channels, height // f, width // f)
+    latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
+    model.scheduler.set_timesteps(steps, device=model.device)
+    latents = latents * model.scheduler.init_noise_sigma
+    cond = conditional_rows(text, len(prompts), cfg)
     if capture is None:
-        out, store = loop(None), None
+        out, captured = denoise(model, latents, text, guidance, generators, None), None
     else:
-        with capture_attention(model.unet, capture) as store:
-            out = loop(store)
+        with capture_attention(model.unet, capture) as captured:
+            out = denoise(model, latents, text, guidance, generators, captured)
+            if capture.timestep is not None:  # the learned decoder's features, at the timestep it was trained at
+                timestep_pass(model, captured, out, cond, seeds)
     if model.vae is not None:
         out = model.vae.decode(out / model.vae.config.scaling_factor).sample
     images = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    ids = text.input_ids[n:] if cfg else text.input_ids
-    return GeneratedBatch(images, prompts, [int(s) for s in seeds], ids.cpu(), store)
+    return GeneratedBatch(images, prompts, [int(s) for s in seeds], cond.input_ids.cpu(), captured)
 
 
 def generate_samples(
     model: DiffusionModel,
     specs: Sequence[PromptSpec],
-    annotator: Annotator,
-    refine_method: str = "none",
-    refine_params: dict[str, Any] | None = None,
+    pipeline: AnnotationPipeline,
     batch_size: int = 8,
     steps: int = 25,
     guidance: float = 3.0,
     height: int | None = None,
     width: int | None = None,
-    min_instance_area: float = 0.002,
 ) -> Iterator[Sample]:
-    """Generate and annotate every prompt spec, batch by batch; yield Samples with instances and quality."""
+    """Generate every prompt spec, batch by batch, and annotate each image with `pipeline`; yield Samples."""
     from synthaug import __version__
     from synthaug.annotators import fit_annotator
-    from synthaug.annotators.instances import annotation_instances, quality_figures
-    from synthaug.annotators.refine import REFINERS, refine
 
-    if refine_method not in REFINERS:
-        raise ValueError(f"refine={refine_method!r}: use one of {REFINERS}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     specs = list(specs)
@@ -319,6 +335,7 @@ def generate_samples(
     # Every class word must be in its prompt, and the annotator fit the model, before any model work.
     # (Only the cheap fit: callers check vocabulary and decoder once, with prepare_annotator, not per batch.)
     groups = [spec.token_groups(model.tokenizer) for spec in specs]
+    annotator = pipeline.annotator
     fit_annotator(annotator, model.unet)
     fingerprint = {
         **model.fingerprint(),
@@ -326,8 +343,8 @@ def generate_samples(
         "guidance": guidance,
         "annotator": annotator.name,
         "annotator_params": _params_of(annotator),
-        "refine": refine_method,
-        "refine_params": refine_params or {},
+        "refine": pipeline.refine,
+        "refine_params": pipeline.refine_params,
         "synthaug": __version__,
     }
     for b in range(0, len(specs), batch_size):
@@ -344,17 +361,14 @@ def generate_samples(
         )
         for i, spec in enumerate(chunk):
             image = out.images[i]
-            class_ids = [t.class_id for t in spec.targets]
-            maps = annotator.maps(out.store, i, groups[b + i], image.shape[:2], class_ids)
-            maps = refine(maps, image, refine_method, **(refine_params or {}))
-            ann = annotator.label(maps, class_ids)
+            done = pipeline(out.captured, i, image, groups[b + i], [t.class_id for t in spec.targets])
             yield Sample(
                 image=image,
-                mask=ann.mask,
-                instances=annotation_instances(ann, min_instance_area),
+                mask=done.mask,
+                instances=done.instances,
                 prompt=spec.text,
                 seed=spec.seed,
-                quality=quality_figures(ann, len(spec.targets), min_instance_area),
+                quality=done.quality,
                 fingerprint=fingerprint,
             )
 

@@ -33,9 +33,9 @@ import torch
 
 from synthaug.augment import MixAugment
 from synthaug.pool import EmptyPoolError, PoolParams, SyntheticPool
-from synthaug.sample import Instance, Sample
+from synthaug.sample import Sample
 from synthaug.store import SampleStore, wait_for_store
-from synthaug.vocabulary import IGNORE_INDEX
+from synthaug.vocabulary import IGNORE_INDEX, match_classes
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,30 @@ LOGGED_COUNTERS = ("synthetic_share", "pool_size", "served_synthetic", "served_r
 _MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
 _SNAPSHOT_BYTES = 1 << 18
 _MAX_CORRUPT_RETRIES = 16
+
+
+@dataclass
+class ConsumedTally:
+    """Real and synthetic items the model trained on, counted from its batches (a loader's workers prefetch
+    ahead, so what the mix served is not what was trained on). Hooks save it in checkpoints."""
+
+    real: int = 0
+    synthetic: int = 0
+
+    def add(self, synthetic: int, total: int) -> None:
+        self.synthetic += int(synthetic)
+        self.real += int(total) - int(synthetic)
+
+    @property
+    def share(self) -> float:
+        total = self.real + self.synthetic
+        return self.synthetic / total if total else math.nan
+
+    def state_dict(self) -> dict[str, int]:
+        return {"real": self.real, "synthetic": self.synthetic}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.real, self.synthetic = int(state.get("real", 0)), int(state.get("synthetic", 0))
 
 
 def synthetic_count(n_real: int, ratio: float) -> int:
@@ -132,8 +156,12 @@ class SyntheticMixDataset:
     synthetic: a store path or SampleStore. ratio: float in [0, 1), or a RatioSchedule / its dict.
     seed: the plan's seed. policy, min_quality, max_repeats: how synthetic samples are drawn (PoolParams).
     augment: MixAugment or its dict: splice and blur, synthetic only unless to_real.
-    real_classes: the real dataset's class names, checked against the store's; class_map:
-    {synthetic name: real id or None (-> ignore)} admits a store made with other names.
+    real_classes: the real dataset's class names (in its label id order); the store's classes are matched to
+    them by name, so synthetic masks and instances carry the real dataset's ids. class_map: {store name:
+    real name, real id, or None (-> ignore)} for the store classes whose names differ; class_map_key names
+    it in errors (the config key the user sets). A store background the real dataset lacks is ignored.
+    reader_lease: keep a lease file in the store while reading, so a rolling producer does not delete
+    what this reader's snapshot holds (off by default: training then never writes into the store).
     synthetic_transform: turns a Sample into the item your pipeline expects (integrations set this).
     real_to_sample / sample_to_real: let splice paste and blur act on real items too (optional).
     empty: 'error' (default) fails at start if the pool is empty; 'wait' waits up to wait_timeout s.
@@ -150,7 +178,9 @@ class SyntheticMixDataset:
         max_repeats: int | None = None,
         augment: MixAugment | Mapping[str, Any] | None = None,
         real_classes: Sequence[str] | None = None,
-        class_map: Mapping[str, int | None] | None = None,
+        class_map: Mapping[str, str | int | None] | None = None,
+        class_map_key: str = "class_map",
+        reader_lease: bool = False,
         synthetic_transform: Callable[[Sample], Any] | None = None,
         real_to_sample: Callable[[Any], Sample] | None = None,
         sample_to_real: Callable[[Sample, Any], Any] | None = None,
@@ -183,34 +213,33 @@ class SyntheticMixDataset:
         deadline = time.monotonic() + wait_timeout
         if empty == "wait" and not isinstance(synthetic, SampleStore):
             wait_for_store(synthetic, wait_timeout)
-        self.pool = SyntheticPool(synthetic if isinstance(synthetic, SampleStore) else str(synthetic), params)
-        self._lut = self._class_lut(real_classes, class_map)
+        self.pool = SyntheticPool(
+            synthetic if isinstance(synthetic, SampleStore) else str(synthetic), params, lease=reader_lease
+        )
+        self._lut = self._class_lut(real_classes, class_map, class_map_key)
         self.refresh()
         if len(self.pool) == 0:
             self._wait_or_fail(empty, max(0.0, deadline - time.monotonic()), wait_timeout)
 
     # ------------------------------------------------------------------------------------------ set-up
 
-    def _class_lut(self, real_classes: Sequence[str] | None, class_map: Mapping[str, int | None] | None):
+    def _class_lut(
+        self, real_classes: Sequence[str] | None, class_map: Mapping[str, str | int | None] | None, key: str
+    ) -> np.ndarray | None:
+        """Store id -> real id by class name (see synthaug.vocabulary.match_classes); None when nothing is checked."""
         assert self.pool is not None
         voc = self.pool.store.vocabulary
-        if class_map is None:
-            if real_classes is not None:
-                voc.check_same(list(real_classes), what="the real dataset")
+        if real_classes is None:
+            if class_map:
+                raise ValueError(f"{key} needs the real dataset's class names (real_classes) to map the store's to")
             return None
-        unknown = sorted(set(class_map) - set(voc.names))
-        missing = [n for n in voc.names if n not in class_map]
-        if unknown or missing:
-            raise ValueError(
-                f"class_map must name every class of the store exactly: store classes {list(voc.names)}; "
-                f"unknown in class_map: {unknown}; missing from class_map: {missing} (map a class to None to ignore it)"
+        lut = match_classes(voc, list(real_classes), class_map, key=key)
+        moved = [(n, int(lut[i])) for i, n in enumerate(voc.names) if lut[i] != i]
+        if moved:
+            log.info(
+                "synthaug: store classes -> real class ids: %s",
+                ", ".join(f"{n}->{'ignore' if t == IGNORE_INDEX else t}" for n, t in moved),
             )
-        n_real = len(real_classes) if real_classes is not None else 255
-        lut = np.full(256, IGNORE_INDEX, np.uint8)
-        for name, rid in class_map.items():
-            if rid is not None and not 0 <= int(rid) < n_real:
-                raise ValueError(f"class_map[{name!r}]={rid} is not a real class id (0..{n_real - 1})")
-            lut[voc.id_of(name)] = IGNORE_INDEX if rid is None else int(rid)
         return lut
 
     def _wait_or_fail(self, empty: str, left: float, timeout: float) -> None:
@@ -370,29 +399,13 @@ class SyntheticMixDataset:
             log.warning("synthaug: skipped corrupt synthetic sample %s", self.pool.records[j]["id"])
             j = int(np.random.default_rng([self.seed, epoch, index, attempt, 0xC0]).integers(len(self.pool)))
         raise RuntimeError(
-            f"{_MAX_CORRUPT_RETRIES} synthetic samples in a row were corrupt in {self.pool.store.root}: "
-            f"run `synthaug verify {self.pool.store.root} --repair` to quarantine them"
+            f"{_MAX_CORRUPT_RETRIES} synthetic samples in a row could not be read in {self.pool.store.root} "
+            f"(corrupt: {len(self.pool.store.stats.corrupt)}, permission denied: {len(self.pool.store.stats.denied)}): "
+            f"run `synthaug verify {self.pool.store.root}` to see why, and `--repair` to quarantine corrupt ones"
         )
 
     def _map_classes(self, sample: Sample) -> Sample:
-        if self._lut is None:
-            return sample
-        lut = self._lut
-        instances = [
-            Instance(int(lut[i.class_id]), i.rle, i.bbox, i.area, i.score)
-            for i in sample.instances
-            if lut[i.class_id] != IGNORE_INDEX
-        ]
-        return Sample(
-            sample.image,
-            lut[sample.mask],
-            instances,
-            sample.prompt,
-            sample.seed,
-            sample.quality,
-            sample.fingerprint,
-            sample.id,
-        )
+        return sample if self._lut is None else sample.relabelled(self._lut)
 
     # ------------------------------------------------------------------------------------------ counters
 

@@ -54,16 +54,43 @@ class PoolParams:
             raise ValueError(f"fresh_half_life={self.fresh_half_life} must be in (0, 1] (a share of the pool)")
 
 
-class SyntheticPool:
-    """The records of one adopted snapshot that pass the filters, with their draw weights."""
+def capped_draw(weights: np.ndarray, n_slots: int, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    """`n_slots` indices drawn with probabilities `weights`, none more than `cap` times while that is possible.
 
-    def __init__(self, store: SampleStore | str, params: PoolParams | None = None) -> None:
+    Weighted sampling without replacement over `cap` copies of each index (Efraimidis-Spirakis), with the
+    keys u ** (1 / w) taken as log(u) / w: with weights that sum to 1 over a pool of thousands, u ** (1 / w)
+    underflows to 0.0 for most samples, and a stable sort would then fill the slots in index order. Slots
+    beyond len(weights) * cap cannot respect the cap and are drawn with replacement.
+    """
+    n = len(weights)
+    if cap is None:
+        return rng.choice(n, size=n_slots, p=weights)
+    cand = np.tile(np.arange(n), cap)
+    with np.errstate(divide="ignore"):  # a zero weight gets the key -inf: drawn last
+        keys = np.log(rng.random(cand.size)) / np.tile(weights, cap)
+    take = min(n_slots, cand.size)
+    out = cand[np.argsort(-keys, kind="stable")[:take]]
+    if take < n_slots:
+        out = np.concatenate([out, rng.choice(n, size=n_slots - take, p=weights)])
+    rng.shuffle(out)
+    return out
+
+
+class SyntheticPool:
+    """The records of one adopted snapshot that pass the filters, with their draw weights.
+
+    With `lease`, adopting a snapshot writes a reader lease into the store (the only write a reader makes),
+    which a producer rolling the pool honours; without it the pool only reads.
+    """
+
+    def __init__(self, store: SampleStore | str, params: PoolParams | None = None, lease: bool = False) -> None:
         self.store = store if isinstance(store, SampleStore) else SampleStore(store)
         self.params = params or PoolParams()
         self.snapshot: dict[str, int] = {}
         self.records: list[dict[str, Any]] = []
         self._weights = np.zeros(0)
         self._cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self.lease = lease
 
     def __len__(self) -> int:
         return len(self.records)
@@ -82,10 +109,13 @@ class SyntheticPool:
                 break
             time.sleep(0.2)
         chosen = self.store.snapshot_records(dict(snapshot))
-        try:  # the lease keeps what this snapshot holds on disk while producers roll the pool
-            write_reader_lease(self.store.root, dict(snapshot), reader=f"-{id(self):x}")
-        except OSError as err:  # a read-only store has no producer to warn
-            log.debug("no reader lease for %s: %s", self.store.root, err)
+        if self.lease:  # keeps what this snapshot holds on disk while a producer rolls the pool
+            try:
+                write_reader_lease(self.store.root, dict(snapshot), reader=f"-{id(self):x}")
+            except OSError as err:  # a read-only store has no producer to warn
+                log.warning(
+                    "synthaug: no reader lease in %s (%s); a rolling producer may retire early", self.store.root, err
+                )
         mq = self.params.min_quality
         if mq:
             chosen = [r for r in chosen if all(r.get("quality", {}).get(k, float("-inf")) >= v for k, v in mq.items())]
@@ -133,19 +163,7 @@ class SyntheticPool:
         if n == 0:
             raise EmptyPoolError("the synthetic pool is empty")
         rng = np.random.default_rng([seed, epoch, 0x5A17])
-        cap = self.params.max_repeats
-        if cap is None:
-            out = rng.choice(n, size=n_slots, p=self._weights)
-        else:
-            # Weighted sampling without replacement over `cap` copies of each sample (Efraimidis-Spirakis keys);
-            # slots beyond n * cap cannot respect the cap and are drawn with replacement.
-            cand = np.tile(np.arange(n), cap)
-            keys = rng.random(cand.size) ** (1.0 / np.tile(self._weights, cap))
-            take = min(n_slots, cand.size)
-            out = cand[np.argsort(-keys, kind="stable")[:take]]
-            if take < n_slots:
-                out = np.concatenate([out, rng.choice(n, size=n_slots - take, p=self._weights)])
-            rng.shuffle(out)
+        out = capped_draw(self._weights, n_slots, self.params.max_repeats, rng)
         if len(self._cache) > 8:
             self._cache.clear()
         self._cache[key] = out

@@ -134,10 +134,12 @@ def template_prompts(
 def caption_prompts(
     vocab: ClassVocabulary, captions_file: str | Path, num: int | None = None, seed: int = 0, separator: str = ", "
 ) -> list[PromptSpec]:
-    """Dataset Diffusion prompts: captions with their class names appended.
+    """Dataset Diffusion prompts: captions with their classes appended.
 
-    The file holds one caption a line as ``caption<TAB>class1,class2``; the class names are
-    appended to the caption ("a dog on grass, dog"). Lines cycle if `num` exceeds them.
+    The file holds one caption a line as ``caption<TAB>class1,class2``; each class is appended by
+    its prompt word (`ClassVocabulary.prompt_word`: "potted plant" for VOC's class pottedplant), as
+    Dataset Diffusion appends words the text encoder knows ("a dog on grass, dog"). Lines cycle if
+    `num` exceeds them.
     """
     lines = [ln for ln in Path(captions_file).read_text().splitlines() if ln.strip()]
     if not lines:
@@ -150,7 +152,7 @@ def caption_prompts(
             raise ValueError(f"{captions_file}:{n}: expected 'caption<TAB>class1,class2', got {line!r}")
         for c in names:
             vocab.id_of(c)
-        text = caption.strip() + separator + separator.join(names)
+        text = caption.strip() + separator + separator.join(vocab.prompt_word(c) for c in names)
         specs.append((text, names))
     count = len(specs) if num is None else num
     return [

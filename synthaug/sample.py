@@ -61,6 +61,18 @@ class Sample:
                 f"got {self.mask.shape} {self.mask.dtype}"
             )
 
+    def relabelled(self, lut: np.ndarray) -> Sample:
+        """This sample with class ids looked up in `lut` (256 entries; 255 = ignore): mask and instances alike,
+        instances of an ignored class dropped. Image and metadata are shared, not copied."""
+        instances = [
+            Instance(int(lut[i.class_id]), i.rle, i.bbox, i.area, i.score)
+            for i in self.instances
+            if lut[i.class_id] != IGNORE_INDEX
+        ]
+        return Sample(
+            self.image, lut[self.mask], instances, self.prompt, self.seed, self.quality, self.fingerprint, self.id
+        )
+
     @property
     def classes_present(self) -> list[int]:
         """Class ids that occur in the mask (ignore excluded)."""

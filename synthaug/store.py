@@ -1,27 +1,39 @@
-"""The on-disk sample store: many lock-free writers, crash-safe records, incremental readers.
+"""The on-disk sample store: many writers without a shared lock, crash-safe records, incremental readers.
 
     STORE/
       store.json                        format version, class vocabulary, ignore index, image format
       segments/<segment>/manifest.jsonl append-only, one JSON record per line
       segments/<segment>/samples/       <id>.<png|jpg|webp> image, <id>.mask.png palette mask
-      quarantine.jsonl                  ids that `verify --repair` took out (files under quarantine/)
+      segments/<segment>/writer.lock    flock held by the segment's live writer (names its pid and host)
+      retired.jsonl                     ids a rolling producer retired
+      quarantine.jsonl                  ids that `verify --repair` took out (their files under quarantine/)
 
 Each writer owns one segment (created with an atomic ``mkdir``), so writers on one machine or
-on many sharing a file system never need a lock. A sample's files are written to temporary
+on many sharing a file system never wait for each other. A sample's files are written to temporary
 names and renamed into place first; only then is its record appended to the manifest with a
 single ``write`` on an ``O_APPEND`` descriptor. A reader takes only complete lines (ending in a
 newline), so a crashed writer can leave orphan files or a torn last line, never a visible
 partial sample. Readers remember how far they read each manifest: ``refresh()`` reads only
 what was appended since.
+
+Every line of every log file is parsed on its own: a bad line, or a record that is malformed or
+names a path outside its segment (see synthaug.store_check), is skipped, counted and kept in
+``stats.problems`` with its file and line. Nothing is fatal but a missing store. Sample files are
+opened relative to their segment's samples/ folder, checked to lie inside the store, and never
+through a symbolic link. Files are created with the permissions the umask gives (0644 under 022),
+so other users can read a shared store; a file they may not read is "permission denied", not corrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
 import re
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,11 +42,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from synthaug import __version__
+from synthaug import __version__, rle
 from synthaug.imageio import atomic_write_bytes, mask_to_png
 from synthaug.sample import Instance, Sample
+from synthaug.store_check import (
+    ID_FORM,
+    MAX_PROBLEMS,
+    SEGMENT_NAME,
+    Problem,
+    UnsafePathError,
+    check_record,
+    is_plain_dir,
+    parse_lines,
+    read_complete_lines,
+    real_root,
+    resolve_inside,
+)
+from synthaug.store_lock import WRITER_LOCK, FileLock, LockHeld
 from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary
 
 FORMAT_VERSION = 1
@@ -46,7 +72,6 @@ RETIRED = "retired.jsonl"
 #: The snapshot key that holds how far into retired.jsonl a snapshot has read (not a segment name).
 RETIRED_KEY = "#retired"
 IMAGE_FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 95}), "webp": ("WEBP", {"quality": 95})}
-SEGMENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class StoreError(RuntimeError):
@@ -55,6 +80,19 @@ class StoreError(RuntimeError):
 
 class StoreVersionError(StoreError):
     """The store was written by a newer synthaug whose format this one cannot read."""
+
+
+class StoreGoneError(StoreError):
+    """The store was deleted (or unmounted) under a reader: nothing in it can be read any more."""
+
+
+class SampleAccessError(StoreError):
+    """A sample's file exists but this user may not read it: a permission problem, not corruption."""
+
+    def __init__(self, sample_id: str, reason: str) -> None:
+        super().__init__(f"sample {sample_id}: {reason}")
+        self.sample_id = sample_id
+        self.reason = reason
 
 
 class CorruptSampleError(StoreError):
@@ -66,15 +104,42 @@ class CorruptSampleError(StoreError):
         self.reason = reason
 
 
+class UnsafeRecordError(CorruptSampleError):
+    """A record's file resolves outside the store (a symbolic link out of it): never read, moved or deleted."""
+
+
+def _permission_message(path: Path | str, what: str) -> str:
+    """'permission denied' with the file's owner and mode, and the fix."""
+    try:
+        st = os.stat(path)
+        owner = f"owned by uid {st.st_uid}, mode {stat.filemode(st.st_mode)}"
+    except OSError:
+        owner = "owner unknown"
+    return (
+        f"permission denied reading {what} {path} ({owner}; this is uid {os.getuid()}): not corruption; "
+        "ask the owner to make it readable (chmod a+r), or run as a user who can read it"
+    )
+
+
 def _read_store_json(path: Path) -> dict[str, Any]:
+    """store.json of the store at `path`, checked: a StoreError names what is wrong and what to do."""
     meta_file = path / STORE_FILE
     if not meta_file.is_file():
         raise StoreError(
             f"{path} is not a synthaug store (no {STORE_FILE}); create one with synthaug.store.create_store "
             "or `synthaug generate --out PATH`"
         )
-    meta = json.loads(meta_file.read_text())
-    version = int(meta.get("format_version", 0))
+    try:
+        meta = json.loads(meta_file.read_bytes())
+        version = int(meta.get("format_version", 0))
+        ClassVocabulary.from_dict(meta["vocabulary"])
+    except PermissionError:
+        raise StoreError(_permission_message(meta_file, "the store description")) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise StoreError(
+            f"{meta_file} is not a valid store description ({type(err).__name__}: {err}): restore it from a copy, "
+            "or copy store.json from a store written with the same vocabulary"
+        ) from None
     if version > FORMAT_VERSION:
         raise StoreVersionError(
             f"{path} has store format version {version}, but synthaug {__version__} reads up to version "
@@ -113,9 +178,20 @@ def default_segment_name() -> str:
 
 
 class StoreWriter:
-    """Appends samples to this writer's own segment. Not shared between processes: one writer, one segment."""
+    """Appends samples to this writer's own segment. Not shared between processes: one writer, one segment.
 
-    def __init__(self, store: str | Path, segment: str | None = None, resume: bool = False, fsync: bool = True):
+    It holds the segment's writer.lock while open, so `verify --repair` leaves its in-flight files alone;
+    `lock_wait_s` is how long it waits for a repair that holds the segment for a moment.
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        segment: str | None = None,
+        resume: bool = False,
+        fsync: bool = True,
+        lock_wait_s: float = 30.0,
+    ):
         self.root = Path(store)
         meta = _read_store_json(self.root)
         self.vocabulary = ClassVocabulary.from_dict(meta["vocabulary"])
@@ -125,6 +201,16 @@ class StoreWriter:
             raise ValueError(f"segment={self.segment!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
         self.dir = self.root / SEGMENTS / self.segment
         self.fsync = fsync
+        self._fd = -1
+        self._broken: str | None = None
+        self._make_segment(resume)
+        self._lock = self._take_lock(lock_wait_s)
+        manifest = self.dir / MANIFEST
+        self.count = self._repair_tail(manifest)
+        self._fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+
+    def _make_segment(self, resume: bool) -> None:
+        """Create this writer's segment folder (or, with resume, check the existing one is a real folder)."""
         try:
             self.dir.mkdir()
         except FileExistsError:
@@ -133,10 +219,24 @@ class StoreWriter:
                     f"segment {self.segment!r} already exists in {self.root}: each writer needs its own "
                     "segment; pass another segment name, or resume=True if this process owns it"
                 ) from None
-        (self.dir / "samples").mkdir(exist_ok=True)
-        manifest = self.dir / MANIFEST
-        self.count = self._repair_tail(manifest)
-        self._fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for folder in (self.dir, self.dir / "samples"):
+            if not folder.exists():
+                folder.mkdir()
+            if not is_plain_dir(folder):
+                raise StoreError(
+                    f"{folder} is a symbolic link or not a folder: a writer writes only inside the store; "
+                    "replace it with a real folder (or use another segment name)"
+                )
+
+    def _take_lock(self, wait_s: float) -> FileLock:
+        """The segment's writer lock; a StoreError naming the holder if another process keeps it past `wait_s`."""
+        try:
+            return FileLock(self.dir / WRITER_LOCK, role="writer").acquire(wait_s)
+        except LockHeld as held:
+            raise StoreError(
+                f"segment {self.segment!r} of {self.root} is held by {held.holder}: one writer per segment; "
+                "wait for it to stop, or use another segment name"
+            ) from None
 
     @staticmethod
     def _repair_tail(manifest: Path) -> int:
@@ -152,6 +252,8 @@ class StoreWriter:
 
     def add(self, sample: Sample) -> dict[str, Any]:
         """Write the sample's files, then its record; returns the record."""
+        if self._broken:
+            raise StoreError(self._broken)
         if self._fd < 0:
             raise StoreError("this StoreWriter is closed")
         bad = [c for c in sample.classes_present if c >= len(self.vocabulary)]
@@ -182,27 +284,52 @@ class StoreWriter:
             "fingerprint": sample.fingerprint,
             "created": time.time(),
         }
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        written = os.write(self._fd, line)
-        if written != len(line):  # a short write leaves a torn line, which readers skip; say so
-            raise StoreError(f"short write to {self.dir / MANIFEST} ({written} of {len(line)} bytes): disk full?")
-        if self.fsync:
-            os.fsync(self._fd)
+        self._append((json.dumps(record, separators=(",", ":")) + "\n").encode())
         self.count += 1
         return record
 
+    def _append(self, line: bytes) -> None:
+        """Append one record line; after a short or failed write, stop appending to this segment for good."""
+        manifest = self.dir / MANIFEST
+        try:
+            written = os.write(self._fd, line)
+            err = None
+        except OSError as exc:
+            written, err = -1, exc
+        if written == len(line):
+            if self.fsync:
+                os.fsync(self._fd)
+            return
+        what = f"wrote {written} of {len(line)} bytes" if written >= 0 else f"{err}"
+        self._broken = (
+            f"short write to {manifest} ({what}; disk full or over quota?): this writer stopped appending to "
+            f"segment {self.segment!r}. Its first {self.count} records are safe; the torn last line is invisible "
+            "to readers and is dropped when a writer resumes the segment (StoreWriter(resume=True)) after "
+            "space is freed"
+        )
+        self.close()
+        raise StoreError(self._broken) from err
+
     def _write(self, path: Path, data: bytes) -> None:
+        """Write a sample file under a temporary name and rename it into place (fsynced when asked)."""
         if self.fsync:
             atomic_write_bytes(path, data)
-        else:
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+            return
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+        try:
             tmp.write_bytes(data)
             os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
+        """Close the manifest and release the segment's lock (idempotent)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -213,10 +340,13 @@ class StoreWriter:
 
 @dataclass
 class ReadStats:
-    """What a reader met: bad manifest lines, and samples skipped as corrupt (id -> reason)."""
+    """What a reader met: lines skipped in log files, samples skipped as corrupt or unreadable (id -> reason),
+    and each problem with its file and line (the first MAX_PROBLEMS of them)."""
 
     bad_lines: int = 0
     corrupt: dict[str, str] = field(default_factory=dict)
+    denied: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
 
 
 def wait_for_store(path: str | Path, timeout: float) -> bool:
@@ -240,10 +370,21 @@ def record_position(record: dict[str, Any]) -> int:
     return int(record["id"].rsplit("-", 1)[1])
 
 
-class SampleStore:
-    """Read access to a store: records in arrival order per segment, incremental refresh, fast reads."""
+@dataclass
+class _Cursor:
+    """How far a reader has read one log file: byte offset and the number of the next line."""
 
-    def __init__(self, path: str | Path) -> None:
+    offset: int = 0
+    line: int = 1
+
+
+class SampleStore:
+    """Read access to a store: records in arrival order per segment, incremental refresh, fast reads.
+
+    With `track_lines`, `where[id]` holds (manifest, line) of each record, for reports that name them.
+    """
+
+    def __init__(self, path: str | Path, track_lines: bool = False) -> None:
         self.root = Path(path)
         self.meta = _read_store_json(self.root)
         self.vocabulary = ClassVocabulary.from_dict(self.meta["vocabulary"])
@@ -252,87 +393,146 @@ class SampleStore:
         self.retired: dict[str, int] = {}  # id -> end offset of its line in retired.jsonl
         self.retired_at: dict[str, float] = {}  # id -> when it was retired
         self.stats = ReadStats()
-        self._offsets: dict[str, int] = {}
-        self._quarantine_offset = 0
-        self._retired_offset = 0
+        self.where: dict[str, tuple[str, int]] | None = {} if track_lines else None
+        self._root_real = real_root(self.root)
+        self._exts = tuple(IMAGE_FORMATS)
+        self._valid_ids = np.zeros(256, dtype=bool)
+        self._valid_ids[: len(self.vocabulary)] = True
+        self._valid_ids[IGNORE_INDEX] = True
+        self._cursors: dict[str, _Cursor] = {}
+        self._dir_fds: dict[str, int] = {}
+        self._instances_ok: set[str] = set()
+        self._reported: set[str] = set()
         self._quarantined: set[str] = set()
         self.refresh()
 
+    @property
+    def _retired_offset(self) -> int:
+        """How far into retired.jsonl this reader has read (bytes)."""
+        return self._cursor(RETIRED).offset
+
+    def _cursor(self, rel: str) -> _Cursor:
+        """The read position in log file `rel` (created at its start)."""
+        return self._cursors.setdefault(rel, _Cursor())
+
+    def problem(self, file: str, line: int, kind: str, message: str) -> None:
+        """Count and keep one problem found while reading (a line problem also counts as a bad line)."""
+        if line:
+            self.stats.bad_lines += 1
+        elif f"{file}:{kind}" in self._reported:
+            return  # a whole-file problem is reported once, not at every refresh
+        else:
+            self._reported.add(f"{file}:{kind}")
+        if len(self.stats.problems) < MAX_PROBLEMS:
+            self.stats.problems.append(Problem(file, line, kind, message))
+
     def refresh(self) -> int:
-        """Adopt records appended since the last call; returns how many are new."""
+        """Adopt records appended since the last call; returns how many are new.
+
+        Raises StoreGoneError if the store itself was deleted; every other problem is counted and skipped.
+        """
+        self._check_not_gone()
         self._read_quarantine()
         self._read_retired()
+        return sum(self._read_manifest(seg) for seg in self.segment_names())
+
+    def segment_names(self) -> list[str]:
+        """Names of the segment folders that are safe to read (real folders named as writers name them)."""
         seg_root = self.root / SEGMENTS
-        new = 0
+        if not is_plain_dir(seg_root):
+            if os.path.lexists(seg_root):
+                self.problem(SEGMENTS, 0, "unsafe folder", "is a symbolic link or not a folder: nothing in it is read")
+            return []
         try:
-            segments = sorted(e.name for e in os.scandir(seg_root) if e.is_dir())
+            entries = sorted(os.scandir(seg_root), key=lambda e: e.name)
         except FileNotFoundError:
-            segments = []
-        for seg in segments:
-            manifest = seg_root / seg / MANIFEST
-            offset = self._offsets.get(seg, 0)
-            try:
-                size = manifest.stat().st_size
-            except FileNotFoundError:
+            return []
+        out = []
+        for e in entries:
+            why = unsafe_segment(seg_root, e)
+            if why:
+                self.problem(f"{SEGMENTS}/{e.name}", 0, "unsafe folder", why)
+            elif e.is_dir(follow_symlinks=False):
+                out.append(e.name)
+        return out
+
+    def _log_chunk(self, rel: str) -> bytes:
+        """The complete lines appended to log file `rel` since the last read (b'' if none, missing or unsafe)."""
+        path = self.root / rel
+        cur = self._cursor(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return b""
+        if not stat.S_ISREG(st.st_mode):
+            self.problem(rel, 0, "unsafe file", "is a symbolic link or not a plain file: never read")
+            return b""
+        if st.st_size <= cur.offset:
+            return b""
+        try:
+            return read_complete_lines(str(path), cur.offset)
+        except PermissionError:
+            self.problem(rel, 0, "permission denied", _permission_message(path, "log file"))
+            return b""
+
+    def _read_manifest(self, seg: str) -> int:
+        """Adopt the new complete lines of one segment's manifest; returns how many records were new."""
+        rel = f"{SEGMENTS}/{seg}/{MANIFEST}"
+        chunk = self._log_chunk(rel)
+        cur = self._cursor(rel)
+        new = 0
+        n_classes = len(self.vocabulary)
+        for number, _, rec in parse_lines(chunk, cur.line):
+            bad = (
+                ("bad line", str(rec)) if isinstance(rec, Exception) else check_record(rec, seg, n_classes, self._exts)
+            )
+            if bad:
+                self.problem(rel, number, *bad)
                 continue
-            if size <= offset:
+            if rec["id"] in self._quarantined:
                 continue
-            with open(manifest, "rb") as f:
-                f.seek(offset)
-                chunk = f.read(size - offset)
-            end = chunk.rfind(b"\n") + 1  # complete lines only; a torn tail waits for its newline
-            for line in chunk[:end].splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    rec["id"]
-                except (ValueError, KeyError, TypeError):
-                    self.stats.bad_lines += 1
-                    continue
-                if rec["id"] in self._quarantined:
-                    continue
-                self.all_records.append(rec)
-                if rec["id"] not in self.retired:
-                    self.records.append(rec)
-                new += 1
-            self._offsets[seg] = offset + end
+            if self.where is not None:
+                self.where[rec["id"]] = (rel, number)
+            self.all_records.append(rec)
+            if rec["id"] not in self.retired:
+                self.records.append(rec)
+            new += 1
+        cur.offset += len(chunk)
+        cur.line += chunk.count(b"\n")
         return new
 
+    def _id_lines(self, rel: str, *required: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(end offset, entry) of each new valid line of log `rel`: an object whose 'id' has the record id form
+        and that has the `required` numeric keys; other lines are reported and skipped."""
+        chunk = self._log_chunk(rel)
+        cur = self._cursor(rel)
+        start = cur.offset
+        for number, end, entry in parse_lines(chunk, cur.line):
+            ok = isinstance(entry, dict) and isinstance(entry.get("id"), str) and ID_FORM.match(entry["id"])
+            ok = ok and all(isinstance(entry.get(k), (int, float)) for k in required)
+            if ok:
+                yield start + end, entry
+            else:
+                why = str(entry) if isinstance(entry, Exception) else f"{entry!r:.80} lacks a valid 'id'"
+                self.problem(rel, number, "bad line", why + (f" or a number for {required}" if required else ""))
+        cur.offset += len(chunk)
+        cur.line += chunk.count(b"\n")
+
     def _read_quarantine(self) -> None:
-        qfile = self.root / QUARANTINE
-        try:
-            with open(qfile, "rb") as f:
-                f.seek(self._quarantine_offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        end = chunk.rfind(b"\n") + 1
-        added = {json.loads(line)["id"] for line in chunk[:end].splitlines() if line.strip()}
-        self._quarantine_offset += end
+        """Adopt new quarantine.jsonl entries: their samples leave `records` and `all_records`."""
+        added = {entry["id"] for _, entry in self._id_lines(QUARANTINE)}
         if added - self._quarantined:
             self._quarantined |= added
             self.records = [r for r in self.records if r["id"] not in self._quarantined]
             self.all_records = [r for r in self.all_records if r["id"] not in self._quarantined]
 
     def _read_retired(self) -> None:
-        try:
-            with open(self.root / RETIRED, "rb") as f:
-                f.seek(self._retired_offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        end = chunk.rfind(b"\n") + 1
-        pos = self._retired_offset
+        """Adopt new retired.jsonl entries: their samples leave `records` (snapshots may still hold them)."""
         added = False
-        for line in chunk[:end].splitlines(keepends=True):
-            pos += len(line)
-            if line.strip():
-                entry = json.loads(line)
-                self.retired[entry["id"]] = pos
-                self.retired_at[entry["id"]] = entry["time"]
-                added = True
-        self._retired_offset += end
+        for end, entry in self._id_lines(RETIRED, "time"):
+            self.retired[entry["id"]] = end
+            self.retired_at[entry["id"]] = float(entry["time"])
+            added = True
         if added:
             self.records = [r for r in self.records if r["id"] not in self.retired]
 
@@ -342,28 +542,48 @@ class SampleStore:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
 
+    def path_of(self, rec: dict[str, Any], key: str) -> str:
+        """The real path of a record's 'image' or 'mask' file, checked to stay inside the store (symbolic links
+        resolved); raises UnsafeRecordError otherwise. Use it before reading, copying or linking a file."""
+        try:
+            return resolve_inside(self._root_real, self.root, rec[key])
+        except UnsafePathError as err:
+            raise UnsafeRecordError(
+                rec["id"], f"unsafe record: {key} {err}; it is never read, moved or deleted"
+            ) from None
+
     def read(self, index: int) -> Sample:
         """Decode sample `index`; raises CorruptSampleError if its files are missing or broken."""
         return self.read_record(self.records[index])
 
     def read_record(self, rec: dict[str, Any]) -> Sample:
-        """Decode the sample of manifest record `rec`; raises CorruptSampleError if its files are broken."""
+        """Decode the sample of manifest record `rec`; raises CorruptSampleError if its files are broken,
+        SampleAccessError if this user may not read them, StoreGoneError if the store was deleted."""
+        key = "image"
         try:
-            with Image.open(self.root / rec["image"]) as im:
-                image = np.asarray(im.convert("RGB"))
-            with Image.open(self.root / rec["mask"]) as im:
-                mask = np.asarray(im)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for missing/truncated/garbled files
-            raise CorruptSampleError(rec["id"], f"{type(err).__name__}: {err}") from None
-        if mask.ndim != 2 or mask.shape != image.shape[:2] or mask.shape != (rec["height"], rec["width"]):
+            with self._open_sample_file(rec, key) as f:
+                image = _decode_image(f, rec)
+            key = "mask"
+            with self._open_sample_file(rec, key) as f:
+                mask = _decode_mask(f, rec)
+        except PermissionError:
+            raise SampleAccessError(rec["id"], _permission_message(self.root / rec[key], "sample file")) from None
+        except FileNotFoundError:
+            self._check_not_gone()
+            raise CorruptSampleError(rec["id"], f"{key} file {rec[key]} is missing") from None
+        except UnidentifiedImageError:
+            raise CorruptSampleError(rec["id"], f"{Path(rec[key]).name}: not an image PIL can identify") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise CorruptSampleError(rec["id"], f"{Path(rec[key]).name}: {type(err).__name__}: {err}") from None
+        if not (mask.max(initial=0) < len(self.vocabulary) or self._valid_ids[mask].all()):
+            y, x = np.argwhere(~self._valid_ids[mask])[0]
             raise CorruptSampleError(
                 rec["id"],
-                f"mask {mask.shape} / image {image.shape[:2]} do not match the record's {rec['height']}x{rec['width']}",
+                f"mask pixel ({y}, {x}) has class {mask[y, x]}, not one of the store's {len(self.vocabulary)} "
+                f"classes (0..{len(self.vocabulary) - 1}) or {IGNORE_INDEX} (ignore)",
             )
-        try:
-            instances = [Instance.from_dict(d) for d in rec.get("instances", [])]
-        except (KeyError, TypeError, ValueError) as err:
-            raise CorruptSampleError(rec["id"], f"instances: {err}") from None
+        instances = _instances(rec, check=rec["id"] not in self._instances_ok)
+        self._instances_ok.add(rec["id"])
         return Sample(
             image,
             mask,
@@ -375,17 +595,71 @@ class SampleStore:
             rec["id"],
         )
 
+    def _open_sample_file(self, rec: dict[str, Any], key: str) -> io.BufferedReader:
+        """The record's file, opened relative to its segment's samples/ folder (held open once checked to lie
+        inside the store) and never through a symbolic link: nothing outside the store is ever opened."""
+        rel = rec[key]
+        seg, name = rel.split("/")[1], rel.rsplit("/", 1)[1]
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._samples_dir_fd(rec, seg))
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise UnsafeRecordError(
+                rec["id"],
+                f"unsafe record: {key} {rel} is a symbolic link (to {os.path.realpath(self.root / rel)}); "
+                "it is never read, moved or deleted",
+            ) from None
+        return os.fdopen(fd, "rb")
+
+    def _samples_dir_fd(self, rec: dict[str, Any], seg: str) -> int:
+        """A descriptor of segments/<seg>/samples/, opened once its real path is checked to be inside the store;
+        holding it open means a folder swapped for a link later cannot redirect reads (a few are kept)."""
+        fd = self._dir_fds.get(seg)
+        if fd is not None:
+            return fd
+        rel = f"{SEGMENTS}/{seg}/samples"
+        try:
+            real = resolve_inside(self._root_real, self.root, rel)
+        except UnsafePathError as err:
+            raise UnsafeRecordError(rec["id"], f"unsafe record: {err}; it is never read, moved or deleted") from None
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        if len(self._dir_fds) >= 64:
+            os.close(self._dir_fds.pop(next(iter(self._dir_fds))))
+        self._dir_fds[seg] = fd
+        return fd
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. to a spawned DataLoader worker) without its open folder descriptors."""
+        return {**self.__dict__, "_dir_fds": {}}
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_dir_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _check_not_gone(self) -> None:
+        """Raise StoreGoneError if the store's store.json is gone (a missing file then means a missing store)."""
+        if not (self.root / STORE_FILE).exists():
+            raise StoreGoneError(
+                f"the store {self.root} disappeared ({STORE_FILE} is gone: deleted, moved or unmounted): "
+                "these are not corrupt samples; point the reader at the store's new place"
+            )
+
     def try_read(self, index: int) -> Sample | None:
         """Like read(), but a corrupt sample is counted in `stats.corrupt` and None is returned."""
         return self.try_read_record(self.records[index])
 
     def try_read_record(self, rec: dict[str, Any]) -> Sample | None:
-        """Like read_record(), but a corrupt sample is counted in `stats.corrupt` and None is returned."""
+        """Like read_record(), but a corrupt or unsafe sample is counted in `stats.corrupt`, one this user may not
+        read in `stats.denied`, and None is returned. A deleted store still raises StoreGoneError."""
         try:
             return self.read_record(rec)
         except CorruptSampleError as err:
             self.stats.corrupt[err.sample_id] = err.reason
-            return None
+        except SampleAccessError as err:
+            self.stats.denied[err.sample_id] = err.reason
+        return None
 
     def snapshot(self) -> dict[str, int]:
         """The records adopted so far, as {segment: count} plus how far retirements were read (RETIRED_KEY):
@@ -438,31 +712,115 @@ class SampleStore:
         return out
 
 
+def unsafe_segment(seg_root: Path, entry: os.DirEntry) -> str | None:
+    """Why entry `entry` of segments/ must not be read (None when it is a segment folder, or not a folder)."""
+    if not SEGMENT_NAME.match(entry.name):
+        return "is not named as a writer names a segment: never read, moved or deleted"
+    samples = seg_root / entry.name / "samples"
+    if entry.is_symlink() or (os.path.lexists(samples) and not is_plain_dir(samples)):
+        return "it or its samples/ is a symbolic link: never read, moved or deleted"
+    return None
+
+
+def _decode_image(f: io.BufferedReader, rec: dict[str, Any]) -> np.ndarray:
+    """The record's image as (H, W, 3) uint8, after checking its format and size without decoding it."""
+    want = IMAGE_FORMATS[rec["image"].rsplit(".", 1)[-1]][0]
+    with Image.open(f) as im:
+        if im.format != want:
+            raise ValueError(f"holds {im.format} data, not the {want} its name says")
+        if im.size != (rec["width"], rec["height"]):
+            raise ValueError(f"is {im.width}x{im.height}, the record says {rec['width']}x{rec['height']}")
+        return np.asarray(im.convert("RGB"))
+
+
+def _decode_mask(f: io.BufferedReader, rec: dict[str, Any]) -> np.ndarray:
+    """The record's mask as (H, W) uint8 class ids, after checking it is an 8-bit PNG of the record's size."""
+    with Image.open(f) as im:
+        if im.format != "PNG":
+            raise ValueError(f"holds {im.format} data, not PNG: a lossy mask has wrong class ids")
+        if im.mode not in ("P", "L"):
+            raise ValueError(f"is mode {im.mode!r}; masks are 8-bit palette ('P') or greyscale ('L') PNGs")
+        if im.size != (rec["width"], rec["height"]):
+            raise ValueError(f"is {im.width}x{im.height}, the record says {rec['width']}x{rec['height']}")
+        return np.asarray(im)
+
+
+def _instances(rec: dict[str, Any], check: bool) -> list[Instance]:
+    """The record's instances; with `check`, each RLE checked to cover the image exactly (a garbled RLE is
+    corruption). A reader checks a record once: records never change."""
+    try:
+        out = [Instance.from_dict(d) for d in rec.get("instances", [])]
+        for inst in out if check else ():
+            rle.check(inst.rle, rec["height"], rec["width"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptSampleError(rec["id"], f"instances: {err}") from None
+    return out
+
+
 READERS = "readers"
 #: A reader lease older than this is taken for a reader that is gone (crashed, or finished without cleaning up).
 READER_LEASE_TTL_S = 6 * 3600.0
+
+
+def plain_subdir(store: str | Path, name: str) -> Path:
+    """STORE/<name>, created if missing; an OSError (ELOOP) if it is a symbolic link, so nothing is written
+    outside the store through it."""
+    path = Path(store) / name
+    if not os.path.lexists(path):
+        path.mkdir(parents=True, exist_ok=True)
+    if not is_plain_dir(path):
+        raise OSError(errno.ELOOP, f"{path} is a symbolic link or not a folder; nothing is written through it")
+    return path
 
 
 def write_reader_lease(store: str | Path, snapshot: dict[str, int], reader: str = "") -> None:
     """Tell producers which retirements this reader's snapshot has seen: files of samples retired after it
     are not deleted while this lease is fresh. `reader` tells apart several readers in one process."""
     lease = {"retired_offset": snapshot.get(RETIRED_KEY, 0), "time": time.time(), "pid": os.getpid()}
-    path = Path(store) / READERS / f"{socket.gethostname()}-{os.getpid()}{reader}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(lease).encode())
+    folder = plain_subdir(store, READERS)
+    atomic_write_bytes(folder / f"{socket.gethostname()}-{os.getpid()}{reader}.json", json.dumps(lease).encode())
+
+
+def read_lease(path: Path) -> dict[str, Any] | None:
+    """A reader lease's JSON if it is a plain file holding an integer retired_offset and a time; else None."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        lease = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(lease, dict) and isinstance(lease.get("retired_offset"), int)
+    return lease if ok and isinstance(lease.get("time"), (int, float)) else None
 
 
 def reader_floor(store: str | Path, ttl_s: float = READER_LEASE_TTL_S) -> int | None:
-    """The smallest retired.jsonl offset a live reader's snapshot has seen (None: no live reader)."""
+    """The smallest retired.jsonl offset a live reader's snapshot has seen (None: no live reader).
+    Malformed lease files are skipped (`verify` reports them)."""
     now, floor = time.time(), None
-    for path in (Path(store) / READERS).glob("*.json"):
-        try:
-            lease = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if now - lease.get("time", 0) <= ttl_s:
+    folder = Path(store) / READERS
+    if not is_plain_dir(folder):
+        return None
+    for path in folder.glob("*.json"):
+        lease = read_lease(path)
+        if lease is not None and now - lease["time"] <= ttl_s:
             floor = lease["retired_offset"] if floor is None else min(floor, lease["retired_offset"])
     return floor
+
+
+def append_log(store: str | Path, name: str, data: bytes) -> None:
+    """Append complete lines to log file STORE/<name> in one write (never through a symbolic link)."""
+    try:
+        fd = os.open(Path(store) / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise StoreError(f"{Path(store) / name} is a symbolic link: nothing is written through it; remove it") from None
+    try:
+        written = os.write(fd, data)
+    finally:
+        os.close(fd)
+    if written != len(data):
+        raise StoreError(f"short write to {Path(store) / name} ({written} of {len(data)} bytes): disk full?")
 
 
 def retire(store: str | Path, ids: Iterable[str]) -> int:
@@ -472,25 +830,28 @@ def retire(store: str | Path, ids: Iterable[str]) -> int:
     data = b"".join((json.dumps({"id": i, "time": now}) + "\n").encode() for i in ids)
     if not data:
         return 0
-    fd = os.open(Path(store) / RETIRED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    append_log(store, RETIRED, data)
     return data.count(b"\n")
 
 
+def _copy_ignore(folder: str, names: list[str]) -> list[str]:
+    """shutil.copytree's ignore: leave out symbolic links (a copy never reads outside its source) and the
+    source writer's lock."""
+    return [n for n in names if n == WRITER_LOCK or os.path.islink(os.path.join(folder, n))]
+
+
 def merge_into(dst: str | Path, src: str | Path) -> int:
-    """Copy every segment of store `src` into store `dst`; refuses stores with different vocabularies."""
+    """Copy every segment of store `src` into store `dst`; refuses stores with different vocabularies.
+    Symbolic links (and segments that are links or oddly named) are left out: they would copy outside files."""
     import shutil
 
     d, s = SampleStore(dst), SampleStore(src)
     d.vocabulary.check_same(s.vocabulary, what=f"store {src}")
     copied = 0
-    for seg_dir in sorted((s.root / SEGMENTS).iterdir()):
-        target = d.root / SEGMENTS / seg_dir.name
+    for name in s.segment_names():
+        target = d.root / SEGMENTS / name
         if target.exists():
-            raise StoreError(f"segment {seg_dir.name!r} exists in both stores; rename it in {src} first")
-        shutil.copytree(seg_dir, target)
+            raise StoreError(f"segment {name!r} exists in both stores; rename it in {src} first")
+        shutil.copytree(s.root / SEGMENTS / name, target, ignore=_copy_ignore)
         copied += 1
     return copied

@@ -1,108 +1,361 @@
-"""Whole-store operations: verify (and repair), stats, and export to mmseg folders and COCO JSON."""
+"""Whole-store operations: verify (and repair), stats, and export to mmseg folders and COCO JSON.
+
+`verify` reads every sample back and checks it against its record (formats, sizes, class ids, RLEs,
+classes), every log line, every status and lease file, and the files no record names; each problem
+is reported with its file and line. `verify --repair` (see synthaug.store_repair) quarantines what
+it can fix and deletes nothing; it leaves alone the unreferenced files of a segment whose writer is
+live, and exits non-zero while problems remain.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from synthaug.imageio import mask_to_png
-from synthaug.store import MANIFEST, QUARANTINE, SEGMENTS, CorruptSampleError, SampleStore
+from synthaug.store import (
+    MANIFEST,
+    QUARANTINE,
+    READERS,
+    SEGMENTS,
+    CorruptSampleError,
+    SampleAccessError,
+    SampleStore,
+    UnsafeRecordError,
+    append_log,
+    read_lease,
+)
+from synthaug.store_check import SEGMENT_NAME, Problem, UnsafePathError
+from synthaug.store_export import export
+from synthaug.store_lock import WRITER_LOCK, FileLock, holder_of, is_locked
+from synthaug.store_repair import (
+    blank_lines,
+    manifest_names,
+    move_to_quarantine,
+    restore_if_named,
+    scan_samples,
+    take_repair_lock,
+)
+
+__all__ = ["VerifyReport", "deep_check", "export", "format_stats", "stats", "verify"]
+
+STATUS_DIR = "producers"
+#: Problem kinds that `--repair` fixes by blanking the line (its text is kept in quarantine/lines.jsonl).
+BLANKABLE = ("bad line", "bad record", "unsafe record")
+#: Problem kinds that nothing but a person can fix: they keep `verify --repair` exiting non-zero.
+SHOWN_AT_MOST = 200
 
 
 @dataclass
 class VerifyReport:
-    """What `verify` found: samples that do not read back, bad manifest lines, leftovers of crashed writers."""
+    """What `verify` found, each problem with its file and line, and what `--repair` did about it."""
 
     checked: int = 0
+    total: int = 0
     corrupt: dict[str, str] = field(default_factory=dict)
+    unsafe: dict[str, str] = field(default_factory=dict)
+    denied: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
     bad_lines: int = 0
     torn_tails: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
     repaired: bool = False
+    actions: list[str] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.corrupt or self.bad_lines or self.duplicate_ids)
+        """Nothing wrong was found (leftovers of crashed writers do not count: readers never see them)."""
+        return not (self.problems or self.corrupt or self.unsafe or self.denied or self.bad_lines)
 
     def summary(self) -> str:
-        lines = [f"checked {self.checked} samples: " + ("clean" if self.clean else "PROBLEMS FOUND")]
-        for sid, reason in sorted(self.corrupt.items()):
-            lines.append(f"  corrupt  {sid}: {reason}")
+        """The report as `synthaug verify` prints it: each problem as FILE:LINE: KIND: what, then what was done."""
+        of = f" of {self.total} (a random sample)" if self.total > self.checked else ""
+        lines = [f"checked {self.checked}{of} samples: " + ("clean" if self.clean else "PROBLEMS FOUND")]
+        lines += [f"  {p}" for p in self.problems[:SHOWN_AT_MOST]]
+        if len(self.problems) > SHOWN_AT_MOST:
+            lines.append(f"  ... and {len(self.problems) - SHOWN_AT_MOST} more")
         if self.bad_lines:
-            lines.append(f"  {self.bad_lines} manifest line(s) are not valid records")
-        for sid in self.duplicate_ids:
-            lines.append(f"  duplicate id {sid}")
+            lines.append(f"  {self.bad_lines} log line(s) skipped as bad or unsafe")
         if self.torn_tails:
             lines.append(
                 f"  {len(self.torn_tails)} manifest(s) end in a torn line from a crashed writer "
                 "(invisible to readers; the writer drops it when it resumes)"
             )
+        for seg in self.busy:
+            lines.append(f"  segment {seg}: its files without a record are left alone while its writer is live")
         if self.orphans or self.temp_files:
             lines.append(
                 f"  {len(self.orphans)} orphan file(s) and {len(self.temp_files)} temporary file(s) left by "
                 "crashed writers (invisible to readers)"
-                + ("; removed" if self.repaired else "; `verify --repair` removes them")
+                + ("; moved to quarantine/" if self.repaired else "; `verify --repair` moves them to quarantine/")
             )
-        if self.corrupt and self.repaired:
-            lines.append(f"  quarantined {len(self.corrupt)} corrupt sample(s) under quarantine/")
-        elif self.corrupt:
-            lines.append("  run `synthaug verify --repair` to quarantine the corrupt samples")
+        lines += [f"  repaired: {a}" for a in self.actions]
+        lines += [f"  REMAINS: {r}" for r in self.remaining]
+        if self.repaired and self.actions:
+            lines.append("  quarantined files stay in quarantine/ until `synthaug verify --purge-quarantine`")
+        elif not self.repaired and not self.clean:
+            lines.append("  run `synthaug verify --repair` to quarantine what it can fix (it deletes nothing)")
         return "\n".join(lines)
 
 
-def verify(path: str | Path, repair: bool = False) -> VerifyReport:
-    """Read every sample back; with `repair`, quarantine corrupt ones and delete crash leftovers."""
-    store = SampleStore(path)
-    report = VerifyReport(checked=len(store), bad_lines=store.stats.bad_lines)
-    ids = Counter(r["id"] for r in store.records)
-    report.duplicate_ids = sorted(i for i, n in ids.items() if n > 1)
-    for i in range(len(store)):
-        try:
-            store.read(i)
-        except CorruptSampleError as err:
-            report.corrupt[err.sample_id] = err.reason
-    referenced = {p for r in store.records for p in (r["image"], r["mask"])}
-    for seg_dir in sorted((store.root / SEGMENTS).iterdir()):
-        manifest = seg_dir / MANIFEST
-        if manifest.exists() and manifest.stat().st_size and not manifest.read_bytes().endswith(b"\n"):
-            report.torn_tails.append(seg_dir.name)
-        for f in sorted((seg_dir / "samples").glob("*")) if (seg_dir / "samples").is_dir() else []:
-            rel = f.relative_to(store.root).as_posix()
-            if f.name.startswith(".") and f.name.endswith(".tmp"):
-                report.temp_files.append(rel)
-            elif rel not in referenced:
-                report.orphans.append(rel)
-    if repair:
-        _repair(store, report)
+def verify(
+    path: str | Path, repair: bool = False, sample: int | None = None, jobs: int = 1, progress: bool = False
+) -> VerifyReport:
+    """Check every sample (or a seeded random `sample` of them), log line and leftover file, reading samples in
+    `jobs` processes with an optional progress bar; with `repair`, quarantine what can be fixed."""
+    store = SampleStore(path, track_lines=True)
+    report = VerifyReport()
+    lock = take_repair_lock(store.root) if repair else None
+    try:
+        if repair:
+            store.refresh()
+        _check_records(store, report, _chosen(store.records, sample), jobs, progress)
+        _check_side_files(store, report)
+        for seg in store.segment_names():
+            _check_segment(store, seg, report, repair)
+        report.problems[:0] = store.stats.problems
+        report.bad_lines = store.stats.bad_lines
+        report.total = len(store.records)
+        if repair:
+            _repair(store, report)
+    finally:
+        if lock is not None:
+            lock.release()
     return report
 
 
+def _chosen(records: list[dict[str, Any]], sample: int | None) -> list[dict[str, Any]]:
+    """All records, or `sample` of them drawn with a fixed seed (in store order), for a quick check."""
+    if sample is None or sample >= len(records):
+        return records
+    if sample < 1:
+        raise ValueError(f"sample={sample}: check at least 1 sample (or leave it out to check all)")
+    picks = np.sort(np.random.default_rng(0).choice(len(records), size=sample, replace=False))
+    return [records[i] for i in picks]
+
+
+def _problem_at(store: SampleStore, rec: dict[str, Any], kind: str, reason: str) -> Problem:
+    """A problem of a record, placed at its manifest line."""
+    file, line = (store.where or {}).get(rec["id"], (f"{SEGMENTS}/?/{MANIFEST}", 0))
+    return Problem(file, line, kind, f"sample {rec['id']}: {reason}")
+
+
+def _check_records(
+    store: SampleStore, report: VerifyReport, records: list[dict[str, Any]], jobs: int, progress: bool
+) -> None:
+    """Read the records' samples back in full; sort what fails into corrupt, unsafe and permission denied."""
+    found = {"corrupt": report.corrupt, "unsafe sample": report.unsafe, "permission denied": report.denied}
+    for i, kind, reason in _failures(store, records, jobs, progress):
+        found[kind][records[i]["id"]] = reason
+        report.problems.append(_problem_at(store, records[i], kind, reason))
+    report.checked = len(records)
+    seen = Counter(r["id"] for r in store.records)
+    report.duplicate_ids = sorted(i for i, n in seen.items() if n > 1)
+    for rec in store.records:
+        if rec["id"] in report.duplicate_ids:
+            report.problems.append(_problem_at(store, rec, "duplicate id", "another record has the same id"))
+
+
+def _failure(store: SampleStore, rec: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, reason) if the record's sample fails deep_check, else None."""
+    try:
+        deep_check(store, rec)
+    except UnsafeRecordError as err:
+        return "unsafe sample", err.reason
+    except CorruptSampleError as err:
+        return "corrupt", err.reason
+    except SampleAccessError as err:
+        return "permission denied", err.reason
+    return None
+
+
+_WORKER: tuple[SampleStore, list[dict[str, Any]]] | None = None  # what forked verify workers read
+
+
+def _check_span(span: tuple[int, int]) -> tuple[int, list[tuple[int, str, str]]]:
+    """In a forked worker: the failures among records [start, stop) of the parent's list."""
+    assert _WORKER is not None
+    store, records = _WORKER
+    out = []
+    for i in range(*span):
+        bad = _failure(store, records[i])
+        if bad:
+            out.append((i, *bad))
+    return span[1] - span[0], out
+
+
+def _failures(
+    store: SampleStore, records: list[dict[str, Any]], jobs: int, progress: bool
+) -> list[tuple[int, str, str]]:
+    """(index, kind, reason) of every failing record, read in `jobs` forked processes (1: in this one)."""
+    global _WORKER
+    spans = [(i, min(i + 256, len(records))) for i in range(0, len(records), 256)]
+    out: list[tuple[int, str, str]] = []
+    _WORKER = (store, records)
+    try:
+        with tqdm(total=len(records), desc="verify", unit="sample", disable=not progress) as bar:
+            if jobs > 1 and len(spans) > 1:
+                with mp.get_context("fork").Pool(jobs) as pool:  # workers inherit the opened store
+                    for n, bad in pool.imap(_check_span, spans):
+                        out += bad
+                        bar.update(n)
+            else:
+                for n, bad in map(_check_span, spans):
+                    out += bad
+                    bar.update(n)
+    finally:
+        _WORKER = None
+    return sorted(out)
+
+
+def deep_check(store: SampleStore, rec: dict[str, Any]) -> None:
+    """Raise CorruptSampleError unless the sample reads back and agrees with its record: the classes in its mask
+    are the record's, and each instance's RLE decodes to a mask of the image's size."""
+    sample = store.read_record(rec)
+    present = sorted(int(c) for c in np.unique(sample.mask) if c != 255)
+    if present != sorted(rec.get("classes", [])):
+        raise CorruptSampleError(rec["id"], f"the record's classes {rec.get('classes')} are not the mask's {present}")
+    for k, inst in enumerate(sample.instances):
+        try:
+            inst.mask()
+        except (ValueError, TypeError, KeyError) as err:
+            raise CorruptSampleError(rec["id"], f"instance {k}: RLE does not decode: {err}") from None
+
+
+def _check_side_files(store: SampleStore, report: VerifyReport) -> None:
+    """Status files of producers and reader leases: each must be a plain file of the JSON its readers expect."""
+    for folder, check in ((STATUS_DIR, _status_problem), (READERS, _lease_problem)):
+        base = store.root / folder
+        if not os.path.lexists(base):
+            continue
+        if os.path.islink(base) or not base.is_dir():
+            report.problems.append(Problem(folder, 0, "unsafe folder", "is a symbolic link: never read"))
+            continue
+        for path in sorted(base.glob("*.json")):
+            why = check(path)
+            if why:
+                report.problems.append(Problem(f"{folder}/{path.name}", 1, "bad status file", why))
+
+
+def _status_problem(path: Path) -> str | None:
+    """Why a producer status file is not what the supervisor reads (None when it is)."""
+    if os.path.islink(path):
+        return "is a symbolic link: never read"
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        return f"does not read as JSON ({err})"
+    seg = data.get("segment") if isinstance(data, dict) else None
+    if not (isinstance(seg, str) and SEGMENT_NAME.match(seg) and f"{seg}.json" == path.name):
+        return f"its segment {seg!r:.80} is not the file's name {path.stem!r}"
+    if not isinstance(data.get("pid"), int):
+        return f"its pid {data.get('pid')!r:.40} is not an integer"
+    return None
+
+
+def _lease_problem(path: Path) -> str | None:
+    """Why a reader lease is skipped by producers (None when it is honoured)."""
+    if read_lease(path) is None:
+        return "not a plain file holding an integer retired_offset and a time: producers ignore it"
+    return None
+
+
+def _check_segment(store: SampleStore, seg: str, report: VerifyReport, repair: bool) -> None:
+    """A segment's torn tail and leftovers. A repair holds the segment's lock while it reads the manifest,
+    lists samples/ and moves leftovers, so no record can land in between; a live writer's segment is skipped."""
+    seg_dir = store.root / SEGMENTS / seg
+    lock = FileLock(seg_dir / WRITER_LOCK, role="verify --repair")
+    try:
+        if (repair and not lock.try_acquire()) or (not repair and is_locked(seg_dir / WRITER_LOCK)):
+            report.busy.append(f"{seg} (writer: {holder_of(seg_dir / WRITER_LOCK)})")
+            return
+        _scan_segment(store.root, seg, report, repair)
+    except PermissionError as err:
+        why = f"permission denied ({err}): its leftovers were not checked; run as the store's owner"
+        report.problems.append(Problem(f"{SEGMENTS}/{seg}", 0, "permission denied", why))
+    finally:
+        lock.release()
+
+
+def _scan_segment(root: Path, seg: str, report: VerifyReport, repair: bool) -> None:
+    """Torn tail, orphans, temporary files and links of one segment; with `repair` (segment lock held), move
+    the orphans and temporary files into quarantine/."""
+    manifest = root / SEGMENTS / seg / MANIFEST
+    data = manifest.read_bytes() if manifest.is_file() and not manifest.is_symlink() else b""
+    if data and not data.endswith(b"\n"):
+        report.torn_tails.append(seg)
+    orphans, temps, unsafe = scan_samples(root, seg, manifest_names(data))
+    for rel in unsafe:
+        report.problems.append(Problem(rel, 0, "unsafe file", "a symbolic link or not a file: never touched"))
+    report.orphans += orphans
+    report.temp_files += temps
+    if repair:
+        _move_leftovers(root, seg, orphans + temps, report)
+
+
+def _move_leftovers(root: Path, seg: str, rels: list[str], report: VerifyReport) -> None:
+    """Move a locked segment's orphans and temporary files into quarantine/, then move back any file that
+    its manifest has come to name meanwhile."""
+    moved: dict[str, str] = {}
+    for rel in rels:
+        try:
+            moved[rel] = move_to_quarantine(root, rel, "no record names it (left by a crashed writer)")
+        except (OSError, UnsafePathError) as err:
+            report.remaining.append(f"{rel}: could not be moved to quarantine/ ({err})")
+    if moved:
+        manifest = root / SEGMENTS / seg / MANIFEST
+        back = restore_if_named(root, seg, moved, manifest_names(manifest.read_bytes()) if manifest.exists() else set())
+        report.actions.append(f"segment {seg}: moved {len(moved) - back} unreferenced file(s) to quarantine/")
+
+
 def _repair(store: SampleStore, report: VerifyReport) -> None:
-    qdir = store.root / "quarantine"
+    """Quarantine corrupt samples (files moved) and unsafe ones (id only: their files are never touched),
+    blank bad log lines, and list what only a person can fix."""
     by_id = {r["id"]: r for r in store.records}
-    if report.corrupt:
-        qdir.mkdir(exist_ok=True)
-        with open(store.root / QUARANTINE, "a") as q:
-            for sid, reason in report.corrupt.items():
-                rec = by_id[sid]
-                for rel in (rec["image"], rec["mask"]):
-                    src = store.root / rel
-                    if src.exists():
-                        shutil.move(src, qdir / src.name)
-                q.write(json.dumps({"id": sid, "reason": reason}) + "\n")
-    # Orphans are files of samples whose record was never appended (the writer died in between).
-    for rel in report.orphans + report.temp_files:
-        (store.root / rel).unlink(missing_ok=True)
+    entries = []
+    for sid, reason in {**report.corrupt, **report.unsafe}.items():
+        files = [] if sid in report.unsafe else [by_id[sid]["image"], by_id[sid]["mask"]]
+        for rel in files:
+            try:
+                move_to_quarantine(store.root, rel, f"sample {sid}: {reason}")
+            except FileNotFoundError:
+                pass
+            except (OSError, UnsafePathError) as err:
+                report.remaining.append(f"{rel} of sample {sid}: could not be moved to quarantine/ ({err})")
+        entries.append(json.dumps({"id": sid, "reason": reason}) + "\n")
+    if entries:
+        append_log(store.root, QUARANTINE, "".join(entries).encode())
+        report.actions.append(f"quarantined {len(entries)} sample(s) (listed in {QUARANTINE})")
+    _blank_bad_lines(store.root, report)
+    report.remaining += [str(p) for p in report.problems if p.kind in ("permission denied", "duplicate id")]
+    report.remaining += [str(p) for p in report.problems if p.kind in ("unsafe folder", "unsafe file")]
+    report.remaining += [str(p) for p in report.problems if p.kind == "bad status file"]
     report.repaired = True
+
+
+def _blank_bad_lines(root: Path, report: VerifyReport) -> None:
+    """Blank every bad, malformed or unsafe log line found (their text is saved in quarantine/lines.jsonl)."""
+    by_file: dict[str, set[int]] = {}
+    for p in report.problems:
+        if p.kind in BLANKABLE and p.line:
+            by_file.setdefault(p.file, set()).add(p.line)
+    for rel, lines in sorted(by_file.items()):
+        try:
+            n = blank_lines(root, rel, lines)
+            report.actions.append(f"{rel}: blanked {n} bad line(s) (text kept in quarantine/lines.jsonl)")
+        except (OSError, UnsafePathError) as err:
+            report.remaining.append(f"{rel}: could not blank lines {sorted(lines)} ({err})")
 
 
 def stats(path: str | Path) -> dict[str, Any]:
@@ -127,10 +380,12 @@ def stats(path: str | Path) -> dict[str, Any]:
         },
         "instances": sum(len(r.get("instances", ())) for r in store.records),
         "bad_manifest_lines": store.stats.bad_lines,
+        "problems": [str(p) for p in store.stats.problems[:SHOWN_AT_MOST]],
     }
 
 
 def format_stats(s: dict[str, Any]) -> str:
+    """stats() as the table `synthaug stats` prints."""
     lines = [f"samples: {s['samples']}   instances: {s['instances']}"]
     lines.append("per class (samples containing it):")
     lines += [f"  {name:<20} {n}" for name, n in s["per_class"].items()]
@@ -141,81 +396,6 @@ def format_stats(s: dict[str, Any]) -> str:
         for k, q in s["quality"].items():
             lines.append(f"  {k:<14}" + "".join(f"{q[x]:>9.3f}" for x in ("min", "p10", "median", "p90", "max")))
     if s["bad_manifest_lines"]:
-        lines.append(f"bad manifest lines: {s['bad_manifest_lines']}")
+        lines.append(f"bad log lines skipped: {s['bad_manifest_lines']} (`synthaug verify` lists them)")
+    lines += [f"  {p}" for p in s.get("problems", [])]
     return "\n".join(lines)
-
-
-def export(path: str | Path, out: str | Path, fmt: str, split: str = "train") -> int:
-    """Write the store as mmseg folders (img_dir/ann_dir) or COCO JSON (+ images); returns samples written.
-
-    Corrupt samples are skipped and reported on stderr, never exported.
-    """
-    if fmt not in ("mmseg", "coco"):
-        raise ValueError(f"format={fmt!r}: use 'mmseg' or 'coco'")
-    store = SampleStore(path)
-    out = Path(out)
-    img_dir = out / ("img_dir" if fmt == "mmseg" else "images") / split
-    img_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir = out / "ann_dir" / split
-    if fmt == "mmseg":
-        ann_dir.mkdir(parents=True, exist_ok=True)
-    vocab = store.vocabulary
-    coco: dict[str, Any] = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i, "name": n} for i, n in enumerate(vocab.names) if i in vocab.foreground_ids],
-    }
-    written = 0
-    for i in range(len(store)):
-        sample = store.try_read(i)
-        if sample is None:
-            continue
-        rec = store.records[i]
-        src = store.root / rec["image"]
-        name = Path(rec["image"]).name
-        _link_or_copy(src, img_dir / name)
-        if fmt == "mmseg":
-            mask_to_png(sample.mask, vocab.palette).save(ann_dir / f"{sample.id}.png")
-        else:
-            image_id = len(coco["images"]) + 1
-            coco["images"].append(
-                {
-                    "id": image_id,
-                    "file_name": f"{split}/{name}",
-                    "height": rec["height"],
-                    "width": rec["width"],
-                    "prompt": sample.prompt,
-                    "seed": sample.seed,
-                }
-            )
-            for inst in sample.instances:
-                coco["annotations"].append(
-                    {
-                        "id": len(coco["annotations"]) + 1,
-                        "image_id": image_id,
-                        "category_id": inst.class_id,
-                        "segmentation": inst.rle,
-                        "area": inst.area,
-                        "bbox": inst.bbox,
-                        "iscrowd": 0,
-                        **({"score": inst.score} if inst.score is not None else {}),
-                    }
-                )
-        written += 1
-    if fmt == "coco":
-        (out / "annotations").mkdir(exist_ok=True)
-        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    if fmt == "mmseg":
-        (out / "classes.json").write_text(json.dumps(vocab.to_dict(), indent=2) + "\n")
-    for sid, reason in store.stats.corrupt.items():
-        print(f"skipped corrupt sample {sid}: {reason}", flush=True)
-    return written
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

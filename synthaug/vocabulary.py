@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 IGNORE_INDEX = 255
 
@@ -100,3 +103,123 @@ def check_same_names(ours: Sequence[str], theirs: Sequence[str], what: str, ours
             f"  {what}: {list(theirs)}\n"
             "Use the same class names in the same order, or give an explicit class mapping."
         )
+
+
+# ---------------------------------------------------------------------------------------------- matching
+
+
+def normalize_class_name(name: str) -> str:
+    """A class name as compared across datasets: lower case, no surrounding space, `_`/`-` as spaces."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+
+
+def match_classes(
+    store: ClassVocabulary,
+    dataset_classes: Sequence[str],
+    class_map: Mapping[str, str | int | None] | None = None,
+    *,
+    key: str = "class_map",
+    what: str = "the real dataset",
+) -> np.ndarray:
+    """A 256-entry lookup table from store class ids to the dataset's class ids (255 = ignore).
+
+    Each store class takes the dataset class whose normalised name equals its own, unless
+    `class_map` names it ({store name: dataset name, dataset id, or None for ignore}). A store
+    background the dataset does not name is ignored (its pixels are unlabelled, not a class).
+    Any other store class left without a dataset class fails here, with a diff and the fix,
+    `key` being the config key the user sets (e.g. ``SYNTHAUG.CLASS_MAP``).
+    """
+    theirs = [normalize_class_name(n) for n in dataset_classes]
+    where: dict[str, list[int]] = {}
+    for i, n in enumerate(theirs):
+        where.setdefault(n, []).append(i)
+    ours = {normalize_class_name(n): i for i, n in enumerate(store.names)}
+    explicit: dict[int, int | None] = {}
+    for name, target in dict(class_map or {}).items():
+        sid = ours.get(normalize_class_name(name))
+        if sid is None:
+            raise ValueError(
+                f"{key} names {name!r}, which is not a class of the store; the store has {list(store.names)}"
+                + _nearest_hint(name, list(store.names))
+            )
+        explicit[sid] = _map_target(name, target, dataset_classes, where, key, what)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    unmatched: list[int] = []
+    for sid, name in enumerate(store.names):
+        if sid in explicit:
+            target = explicit[sid]
+        else:
+            hits = where.get(normalize_class_name(name), [])
+            if len(hits) > 1:
+                raise ValueError(
+                    f"store class {name!r} matches several classes of {what} ({[dataset_classes[i] for i in hits]} "
+                    f"at ids {hits}): set {key} to say which, e.g. {key}={{{name!r}: {hits[0]}}}"
+                )
+            target = hits[0] if hits else None
+            if target is None and name != store.background:
+                unmatched.append(sid)
+        lut[sid] = IGNORE_INDEX if target is None else target
+    if unmatched:
+        raise ValueError(_mismatch_message(store, dataset_classes, unmatched, key, what))
+    return lut
+
+
+def _map_target(
+    name: str, target: str | int | None, dataset_classes: Sequence[str], where: dict, key: str, what: str
+) -> int | None:
+    if target is None or (isinstance(target, str) and normalize_class_name(target) in ("", "ignore")):
+        return None
+    if isinstance(target, bool):
+        raise ValueError(f"{key}[{name!r}]={target!r}: give a class name of {what}, its id, or None to ignore")
+    if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+        tid = int(target)
+        if tid == IGNORE_INDEX:
+            return None
+        if not 0 <= tid < len(dataset_classes):
+            raise ValueError(
+                f"{key}[{name!r}]={target!r} is not a class id of {what} (0..{len(dataset_classes) - 1}, or 255/None "
+                "to ignore)"
+            )
+        return tid
+    hits = where.get(normalize_class_name(str(target)), [])
+    if len(hits) != 1:
+        found = "several classes" if hits else "no class"
+        raise ValueError(
+            f"{key}[{name!r}]={target!r} names {found} of {what}; give one of its class names or ids, or None to "
+            f"ignore" + _nearest_hint(str(target), list(dataset_classes))
+        )
+    return hits[0]
+
+
+def _nearest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    norm = {normalize_class_name(c): c for c in candidates}
+    close = difflib.get_close_matches(normalize_class_name(name), list(norm), n=n, cutoff=0.5)
+    return [norm[c] for c in close]
+
+
+def _nearest_hint(name: str, candidates: Sequence[str]) -> str:
+    near = _nearest(name, candidates)
+    return f" (nearest: {', '.join(map(repr, near))})" if near else ""
+
+
+def _mismatch_message(
+    store: ClassVocabulary, dataset_classes: Sequence[str], unmatched: list[int], key: str, what: str
+) -> str:
+    rows = []
+    example: dict[str, str | None] = {}
+    for sid in unmatched:
+        name = store.names[sid]
+        at = repr(dataset_classes[sid]) if sid < len(dataset_classes) else "-"
+        near = _nearest(name, dataset_classes)
+        example[name] = near[0] if near else (dataset_classes[sid] if sid < len(dataset_classes) else None)
+        rows.append(f"  {sid:>5}  {name!r:<24} {at:<24} {', '.join(map(repr, near)) or '-'}")
+    shown = 6
+    example_text = ", ".join(f"{k!r}: {v!r}" for k, v in list(example.items())[:shown])
+    return (
+        f"class vocabularies differ: {len(unmatched)} of the store's {len(store)} classes have no class of the same "
+        f"name in {what} ({len(dataset_classes)} classes; names compared ignoring case, surrounding space, '_' and "
+        f"'-'):\n  {'index':>5}  {'store name':<24} {'dataset name':<24} nearest dataset names\n"
+        + "\n".join(rows)
+        + f"\nSet {key} to map each of them to a dataset class name or id, or to None to ignore its pixels, e.g. "
+        f"{key}={{{example_text}}}; or generate the store with {what}'s class names."
+    )

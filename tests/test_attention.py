@@ -54,13 +54,13 @@ def test_capture_does_not_change_the_images(random_model):
         capture=CaptureSpec(cross_factors=(2, 4), self_factors=(2, 4)),
     )
     assert (plain.images == captured.images).all()
-    assert plain.store is None and captured.store is not None
+    assert plain.captured is None and captured.captured is not None
 
 
 def test_memory_does_not_grow_with_steps(random_model):
     spec = CaptureSpec(cross_factors=(2, 4), self_factors=(2,))
-    short = generate_batch(random_model, PROMPTS, [1, 2], steps=2, capture=spec).store
-    long = generate_batch(random_model, PROMPTS, [1, 2], steps=7, capture=spec).store
+    short = generate_batch(random_model, PROMPTS, [1, 2], steps=2, capture=spec).captured
+    long = generate_batch(random_model, PROMPTS, [1, 2], steps=7, capture=spec).captured
     assert short.nbytes() == long.nbytes() > 0
     # Running sums: counts grow with steps, the tensors do not.
     assert long.cross_count[2] > short.cross_count[2]
@@ -70,7 +70,7 @@ def test_captures_conditional_half_as_probabilities(random_model):
     out = generate_batch(
         random_model, PROMPTS, [1, 2], steps=2, guidance=3.0, capture=CaptureSpec(cross_factors=(2, 4))
     )
-    maps = out.store.cross_maps()
+    maps = out.captured.cross_maps()
     assert set(maps) == {2, 4}
     assert maps[2].shape == (2, 16, 16, random_model.tokenizer.model_max_length)
     assert maps[4].shape[1:3] == (8, 8)
@@ -83,14 +83,14 @@ def test_captures_conditional_half_as_probabilities(random_model):
 
 def test_self_attention_and_step_range(random_model):
     spec = CaptureSpec(cross_factors=(), self_factors=(2,), step_range=(0.5, 1.0))
-    store = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=spec).store
+    store = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=spec).captured
     maps = store.self_maps()
     assert set(maps) == {2} and maps[2].shape == (2, 256, 256)
     assert torch.allclose(maps[2].sum(-1), torch.ones(2, 256), atol=1e-4)
     assert not store.cross_sum
     # Only the second half of the 4 steps: 2 steps x the number of self-attention layers at 16x16.
     layers = store.self_count[2] // 2
-    full = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=CaptureSpec((), (2,))).store
+    full = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=CaptureSpec((), (2,))).captured
     assert full.self_count[2] == 4 * layers
 
 
@@ -107,7 +107,7 @@ def test_attention_factors_read_off_the_block_layout(random_model):
     assert default_cross_factors(sd_layout) == (1, 2)
     # ...and they are the factors a capture actually fills.
     spec = CaptureSpec(cross_factors=(1, 2, 4, 8), self_factors=(1, 2, 4, 8))
-    store = generate_batch(random_model, PROMPTS, [1, 2], steps=1, capture=spec).store
+    store = generate_batch(random_model, PROMPTS, [1, 2], steps=1, capture=spec).captured
     assert (tuple(sorted(store.cross_sum)), tuple(sorted(store.self_sum))) == ((2, 4), (2, 4))
 
 

@@ -128,9 +128,15 @@ def test_blurs_change_only_the_image(sample, sigma, length, angle, width):
     band = mask_boundary(sample.mask, width)
     out = edge_blur(sample.image, sample.mask, sigma, width)
     assert (out[~band] == sample.image[~band]).all()  # edge-only blur leaves the inside untouched
-    rng = np.random.default_rng(0)
-    blurred = BlurAugment(p_gaussian=1, p_motion=1, p_edge=1)(sample, rng)
-    assert blurred.mask is sample.mask and blurred.instances is sample.instances
+    aug = BlurAugment(p_gaussian=1, p_motion=1, p_edge=1)
+    params = aug.sample(np.random.default_rng(0))
+    blurred = aug.apply(sample, params)
+    # The drawn blurs are applied in order to the image, exactly as their functional twins do ...
+    expected = edge_blur(sample.image, sample.mask, params["edge"], aug.edge_width)
+    expected = motion_blur(gaussian_blur(expected, params["gaussian"]), *params["motion"])
+    assert np.array_equal(blurred.image, expected)
+    # ... and mask and instances are the sample's, unchanged.
+    assert np.array_equal(blurred.mask, sample.mask) and blurred.instances == sample.instances
 
 
 def test_parameters_are_drawn_once_and_replayable():

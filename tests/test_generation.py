@@ -57,9 +57,48 @@ def test_stable_diffusion_folder_end_to_end(tiny_sd, tmp_path):
         s = store.read(i)
         assert s.image.shape == (64, 64, 3) and s.mask.shape == (64, 64)
         assert s.fingerprint["model"] == str(tiny_sd) and s.fingerprint["annotator"] == "self_refined"
-        assert set(s.quality) == {"mean_confidence", "ignore_share", "foreground_share", "objects_found"}
+        # Labels are the prompt's classes, background (0) or ignore; instances are of the prompt's classes;
+        # the quality figures describe this mask.
+        prompted = {VOCAB["names"].index(n) for n in VOCAB["names"][1:] if n in s.prompt}
+        assert set(np.unique(s.mask).tolist()) <= prompted | {0, 255}
+        assert {inst.class_id for inst in s.instances} <= prompted
+        assert s.quality["ignore_share"] == pytest.approx(float((s.mask == 255).mean()))
+        assert s.quality["foreground_share"] == pytest.approx(float(((s.mask != 0) & (s.mask != 255)).mean()))
+        assert 0 <= s.quality["objects_found"] <= 1
     # "motorcycle" is three BPE tokens in this tokenizer; its prompt still annotates.
     assert any("motorcycle" in r["prompt"] for r in store.records)
+
+
+def test_a_vocabulary_whose_background_is_class_3(tmp_path):
+    """Unprompted pixels take the vocabulary's background id, wherever it sits; no instance is background."""
+    vocab = {
+        "names": ["circle", "square", "triangle", "background"],
+        "palette": [[255, 0, 0], [0, 255, 0], [0, 0, 255], [0, 0, 0]],
+        "background": "background",
+    }
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "vocabulary": vocab,
+                "prompts": {"source": "templates", "templates": ["a red {cls} on plain"]},
+                "num": 6,
+                "batch_size": 6,
+                "steps": 10,
+                "annotator": {"factors": [2]},
+                "min_instance_area": 0.01,
+            }
+        )
+    )
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "store")]) == 0
+    store = SampleStore(tmp_path / "store")
+    for i in range(len(store)):
+        s = store.read(i)
+        values, counts = np.unique(s.mask, return_counts=True)
+        assert values[counts.argmax()] == 3, (s.prompt, dict(zip(values.tolist(), counts.tolist())))
+        assert s.instances and all(inst.class_id != 3 for inst in s.instances)
+        assert 0 < s.quality["foreground_share"] < 0.6  # the background is not counted as an object
+    assert cli(["verify", str(tmp_path / "store")]) == 0
 
 
 def test_toy_generation_job(tmp_path):
@@ -97,9 +136,11 @@ def test_sd_size_rule_uses_the_vae_factor(tiny_sd, tmp_path, capsys):
 
 def test_class_not_in_prompt_and_empty_prompts(toy_model):
     from synthaug.annotators import build_annotator
+    from synthaug.annotators.pipeline import AnnotationPipeline
     from synthaug.generator import generate_samples
+    from synthaug.toy.world import TOY_VOCABULARY
 
-    ann = build_annotator("cross_attention")
+    ann = AnnotationPipeline(build_annotator("cross_attention"), TOY_VOCABULARY)
     bad = PromptSpec("a red circle on plain", (ObjectTarget(2, ("square",)),), seed=1)
     with pytest.raises(WordNotInPromptError, match="'square' is not in the prompt"):
         next(generate_samples(toy_model, [bad], ann))
@@ -110,13 +151,14 @@ def test_class_not_in_prompt_and_empty_prompts(toy_model):
 def test_captions_with_classes_appended(tmp_path):
     cap = tmp_path / "captions.tsv"
     cap.write_text("a cat sleeping on a sofa\tcat\nmy dog and a motorcycle\tdog,motorcycle\n")
+    vocab = dict(VOCAB, synonyms={"motorcycle": ["motorbike"]})  # appended by its prompt word, as SD knows it
     cfg = GenerationConfig.from_dict(
-        {"vocabulary": VOCAB, "prompts": {"source": "captions", "captions_file": str(cap)}, "num": 3}
+        {"vocabulary": vocab, "prompts": {"source": "captions", "captions_file": str(cap)}, "num": 3}
     )
     specs = cfg.prompt_specs()
     assert [s.text for s in specs] == [
         "a cat sleeping on a sofa, cat",
-        "my dog and a motorcycle, dog, motorcycle",
+        "my dog and a motorcycle, dog, motorbike",
         "a cat sleeping on a sofa, cat",
     ]
     assert [t.class_id for t in specs[1].targets] == [2, 3]
@@ -135,7 +177,8 @@ def test_template_prompts_use_synonyms_and_balance_classes():
     assert [s.text for s in specs[:3]] == ["a photo of a cat", "a photo of a dog", "a photo of a motorbike"]
     assert specs[2].targets[0].words == ("motorbike",)
     assert len({s.seed for s in specs}) == 6
-    assert isinstance(np.array([t.class_id for s in specs for t in s.targets]), np.ndarray)
+    # Balanced: each of the 3 foreground classes is prompted twice in 6 prompts; the background never.
+    assert sorted(t.class_id for s in specs for t in s.targets) == [1, 1, 2, 2, 3, 3]
 
 
 def test_learned_decoder_on_a_stable_diffusion_folder(tiny_sd, tmp_path):
@@ -143,7 +186,7 @@ def test_learned_decoder_on_a_stable_diffusion_folder(tiny_sd, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from synthaug.annotators.decoder import load_decoder
+    from synthaug.annotators.decoder_file import load_decoder
     from synthaug.imageio import mask_to_png
 
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -193,26 +194,60 @@ def test_corrupt_samples_are_skipped_and_counted(store, real):
     assert c["corrupt_skipped"] >= 1 and rec["id"] in ds.pool.corrupt
 
 
-def test_vocabulary_mismatch_is_refused_and_a_mapping_admits_it(store, real):
+def test_vocabulary_mismatch_is_refused_with_a_diff_and_the_key_to_set(store, real):
     other = ["background", "ball", "box", "pyramid"]
-    with pytest.raises(ValueError, match=r"(?s)\['background', 'circle', 'square', 'triangle'\].*'ball'"):
-        SyntheticMixDataset(real, store, ratio=0.2, real_classes=other)
-    with pytest.raises(ValueError, match="missing from class_map: \\['triangle'\\]"):
-        SyntheticMixDataset(
-            real, store, ratio=0.2, real_classes=other, class_map={"background": 0, "circle": 1, "square": 2}
-        )
-    ds = SyntheticMixDataset(
-        real,
-        store,
-        ratio=0.5,
-        real_classes=["background", "thing"],
-        class_map={"background": 0, "circle": 1, "square": 1, "triangle": None},
-        augment=None,
-    )
-    masks = [ds[i].mask for i in range(len(real), len(ds))]
-    values = set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())
-    assert values <= {0, 1, 255} and 255 in values  # triangles became ignore
+    with pytest.raises(ValueError) as err:
+        SyntheticMixDataset(real, store, ratio=0.2, real_classes=other, class_map_key="SYNTHAUG.CLASS_MAP")
+    text = str(err.value)
+    assert text.startswith("class vocabularies differ: 3 of the store's 4 classes")
+    for index, ours, theirs in [(1, "circle", "ball"), (2, "square", "box"), (3, "triangle", "pyramid")]:
+        assert re.search(rf"\n\s+{index}\s+'{ours}'\s+'{theirs}'", text), text  # one diff row per unmatched class
+    assert "Set SYNTHAUG.CLASS_MAP" in text and "SYNTHAUG.CLASS_MAP={'circle': 'ball'" in text
+    with pytest.raises(ValueError, match=r"(?s)1 of the store's 4 classes.*'triangle'\s+'pyramid'"):
+        SyntheticMixDataset(real, store, ratio=0.2, real_classes=other, class_map={"circle": "ball", "square": 2})
+    with pytest.raises(ValueError, match=r"class_map\['circle'\]='bal' names no class of the real dataset.*'ball'"):
+        SyntheticMixDataset(real, store, ratio=0.2, real_classes=other, class_map={"circle": "bal"})
+    with pytest.raises(ValueError, match=r"class_map names 'sphere', which is not a class of the store"):
+        SyntheticMixDataset(real, store, ratio=0.2, real_classes=other, class_map={"sphere": "ball"})
+
+
+def test_classes_are_matched_by_name_into_the_real_id_space(store, real):
+    """Reordered, differently spelt and mapped classes: every synthetic pixel and instance carries the real id."""
+    raw = SyntheticMixDataset(real, store, ratio=0.5, augment=None, seed=3)
+    spelt = ["Triangle ", "SQUARE", "circle", " Background"]  # reversed order, other case and space
+    mapped = SyntheticMixDataset(real, store, ratio=0.5, augment=None, seed=3, real_classes=spelt)
+    expected = np.array([3, 2, 1, 0] + [255] * 252, np.uint8)  # store id -> real id
+    for i in range(len(real), len(raw)):
+        a, b = raw[i], mapped[i]
+        assert a.id == b.id
+        assert np.array_equal(b.mask, expected[a.mask])
+        assert [x.class_id for x in b.instances] == [int(expected[x.class_id]) for x in a.instances]
+    # A store background the real dataset lacks is ignored; class_map merges and ignores.
+    merged = SyntheticMixDataset(
+        real, store, ratio=0.5, augment=None, seed=3, real_classes=["thing"],
+        class_map={"circle": "thing", "square": 0, "triangle": None},
+    )  # fmt: skip
+    lut = np.array([255, 0, 0, 255] + [255] * 252, np.uint8)
+    for i in range(len(real), len(raw)):
+        a, b = raw[i], merged[i]
+        assert np.array_equal(b.mask, lut[a.mask])
+        assert [x.class_id for x in b.instances] == [0 for x in a.instances if x.class_id in (1, 2)]
     SyntheticMixDataset(real, store, ratio=0.2, real_classes=NAMES)  # the same names pass
+
+
+def test_a_class_matching_two_real_classes_is_refused(store, real):
+    with pytest.raises(ValueError, match=r"store class 'circle' matches several classes"):
+        SyntheticMixDataset(real, store, ratio=0.2, real_classes=["background", "circle", "Circle", "square", "x"])
+
+
+def test_reading_the_mix_writes_nothing_into_the_store(store, real):
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    ds = SyntheticMixDataset(real, store, ratio=0.5, augment=None)
+    [ds[i] for i in range(len(real), len(ds))]
+    ds.refresh()
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+    leased = SyntheticMixDataset(real, store, ratio=0.5, augment=None, reader_lease=True)
+    assert leased.pool_size and any((store / "readers").iterdir())  # opt-in: a rolling producer honours it
 
 
 def test_policies_and_filters(tmp_path):
@@ -272,3 +307,28 @@ def test_paste_onto_real_items_when_the_mix_can_convert_them(store, real):
         assert served[i].image.shape == real[i].image.shape and "paste" in served[i].fingerprint
     plain = SyntheticMixDataset(real[:40], store, ratio=0.2, seed=0, augment={"to_real": False})
     assert all(plain[i] is real[i] for i in range(40))  # synthetic-only by default
+
+
+def test_capped_draw_is_fair_on_a_large_pool():
+    """20,000 samples, cap 3, 8,000 slots (the README's max_repeats=3): no corner of the pool is favoured.
+
+    With keys u ** (1 / w) most keys underflowed to 0 and the slots filled in index order: 27% of picks came
+    from the oldest 10% of the pool and 82% of epoch 0's samples came back in epoch 1.
+    """
+    from synthaug.pool import capped_draw
+
+    n, slots = 20_000, 8_000
+    weights = np.full(n, 1.0 / n)
+    draws = [capped_draw(weights, slots, 3, np.random.default_rng([0, epoch, 0x5A17])) for epoch in range(2)]
+    oldest = float(np.mean(draws[0] < n // 10))
+    assert 0.1 / 1.5 < oldest < 0.1 * 1.5, oldest
+    # Epoch to epoch, a sample of epoch 0 comes back about as often as with independent draws: 1 - exp(-m/n).
+    overlap = len(np.intersect1d(draws[0], draws[1])) / len(np.unique(draws[0]))
+    expected = 1 - math.exp(-slots / n)  # 0.33
+    assert abs(overlap - expected) < 0.05, (overlap, expected)
+    assert np.bincount(draws[0], minlength=n).max() <= 3
+    # Weighted: a sample of twice the weight is picked about twice as often (8,000 slots, cap not binding).
+    w = np.where(np.arange(n) < n // 2, 2.0, 1.0)
+    picks = capped_draw(w / w.sum(), slots, 3, np.random.default_rng(1))
+    ratio = np.mean(picks < n // 2) / np.mean(picks >= n // 2)
+    assert 1.7 < ratio < 2.3, ratio

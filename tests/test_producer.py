@@ -96,10 +96,10 @@ def test_a_snapshot_keeps_samples_retired_after_it(tmp_path):
     with StoreWriter(store, "p0", fsync=False) as w:
         for i in range(6):
             w.add(render_seed(i, 16).to_sample())
-    pool = SyntheticPool(SampleStore(store))
+    pool = SyntheticPool(SampleStore(store), lease=True)  # a training reader beside a rolling producer
     snap = pool.current_snapshot()
     retire(store, ["p0-00000000", "p0-00000001"])
-    other = SyntheticPool(SampleStore(store))  # a reader that already sees the retirement
+    other = SyntheticPool(SampleStore(store), lease=True)  # a reader that already sees the retirement
     assert other.adopt(snap) == 6 and pool.adopt(snap) == 6
     assert other.adopt(other.current_snapshot()) == 4
 

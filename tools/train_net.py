@@ -14,7 +14,7 @@ import os
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
-from synthaug.integrations.detectron2 import add_synthaug_config, with_synthaug
+from synthaug.integrations.detectron2 import add_synthaug_config, load_sem_seg_gt, with_synthaug
 
 
 @with_synthaug  # synthaug: train on the mix when SYNTHAUG.STORE is set
@@ -26,7 +26,11 @@ class Trainer(DefaultTrainer):
 
         kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if kind == "sem_seg":
-            return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
+            # load_sem_seg_gt: detectron2's default GT loader fails under numpy 2 (np.array(copy=False))
+            evaluator = SemSegEvaluator(
+                dataset_name, distributed=True, output_dir=output_folder, sem_seg_loading_fn=load_sem_seg_gt
+            )
+            return DatasetEvaluators([evaluator])
         return DatasetEvaluators([COCOEvaluator(dataset_name, output_dir=output_folder)])
 
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from detectron2.config import LazyCall as L
 from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.solver import get_default_optimizer_params
 from fvcore.common.param_scheduler import CosineParamScheduler
-from synthaug.integrations.detectron2 import SynthaugBlur, SynthaugDatasetMapper, build_synthaug_train_loader
+from synthaug.integrations.detectron2 import SynthaugBlur, build_synthaug_train_loader
 from torch.optim import SGD
 
 
@@ -31,7 +32,7 @@ dataloader = dict(
         store="data/toy_store",
         ratio=0.5,
         register_coco=["toy_train=data/toy/annotations/instances_train.json=data/toy/img_dir"],
-        mapper=L(SynthaugDatasetMapper)(
+        mapper=L(DatasetMapper)(  # detectron2's own mapper reads synthetic items too
             is_train=True,
             augmentations=[
                 L(T.ResizeShortestEdge)(short_edge_length=(64,), max_size=128, sample_style="choice"),
@@ -40,7 +41,7 @@ dataloader = dict(
             ],
             image_format="BGR",
             use_instance_mask=True,
-            instance_mask_format="bitmask",
+            instance_mask_format="bitmask",  # the toy COCO JSON holds RLE masks; "polygon" works for synthetic ones
         ),
         total_batch_size=4,
         augment=dict(splice=dict(p_grid=0.2), blur=None),

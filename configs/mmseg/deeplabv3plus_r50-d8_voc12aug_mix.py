@@ -1,6 +1,7 @@
 # Pascal VOC 2012 (+aug) with DeepLabV3+ R50, from mmseg's own config, plus synthetic samples.
-# The lines marked "synthaug" are the whole change. The store must use VOC's 21 class names in
-# VOC's order (configs/generate/sd15_voc_templates.yaml writes one), or give class_map.
+# The lines marked "synthaug" are the whole change (`synthaug wrap-config` writes the same). The store's
+# classes are matched to VOC's 21 by name (configs/generate/sd15_voc_templates.yaml writes VOC's names);
+# class_map=dict(store_name='voc_name') maps names that differ, None ignores a class.
 _base_ = ["mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py"]
 
 custom_imports = dict(imports=["synthaug.integrations.mmseg"], allow_failed_imports=False)  # synthaug
@@ -17,4 +18,4 @@ train_dataloader = dict(  # synthaug: wrap VOC's training set (train + aug) as i
         augment=dict(splice=dict(p_grid=0.3), blur=dict(p_gaussian=0.2, p_edge=0.2)),
     )
 )
-custom_hooks = [dict(type="SyntheticPoolHook", interval=500, log_interval=50)]  # synthaug
+custom_hooks = [dict(type="SyntheticPoolHook", interval=500)]  # synthaug

@@ -14,4 +14,5 @@ train_dataloader = dict(  # synthaug: wrap the real training set
         augment=dict(splice=dict(p_grid=0.3), blur=dict(p_gaussian=0.2, p_edge=0.2)),
     )
 )
-custom_hooks = [dict(type="SyntheticPoolHook", interval=50, log_interval=10)]  # synthaug
+# synthaug: adopt new samples every 50 iterations; every 200, a grid of the synthetic inputs goes to the visualiser
+custom_hooks = [dict(type="SyntheticPoolHook", interval=50, vis_interval=200)]

@@ -6,17 +6,23 @@ are per-process globals, so a registration made before ``launch`` is missing in 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from synthaug.integrations.detectron2 import memory
 
+from synthaug.rle import decode as decode_rle
 from synthaug.sample import Sample
-from synthaug.store import SampleStore
+from synthaug.store import SampleStore, UnsafeRecordError
 from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary
 
 TASKS = ("instance", "sem_seg")
+#: The key of a synthetic dataset dict (and of its mapped dict) that holds the sample id.
+SYNTHETIC_KEY = "synthaug"
 
 
 def thing_ids(vocabulary: ClassVocabulary) -> list[int]:
@@ -29,23 +35,60 @@ def thing_classes(vocabulary: ClassVocabulary) -> list[str]:
     return [vocabulary.names[i] for i in thing_ids(vocabulary)]
 
 
-def instance_annotations(sample_instances: list[dict[str, Any]], vocabulary: ClassVocabulary) -> list[dict]:
+def annotation(category_id: int, rle: dict, bbox: list[float], mask_format: str = "bitmask") -> dict | None:
+    """One detectron2 annotation: XYWH box, RLE segmentation (or polygons unless mask_format is 'bitmask').
+
+    None when polygons are asked for and the mask has no polygon of area > 0 (a speck of a pixel or two).
+    """
+    segmentation: Any = dict(rle)
+    if mask_format != "bitmask":
+        segmentation = rle_to_polygons(rle)
+        if not segmentation:
+            return None
+    return {
+        "bbox": [float(v) for v in bbox],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": int(category_id),
+        "segmentation": segmentation,
+        "iscrowd": 0,
+    }
+
+
+def rle_to_polygons(rle: dict) -> list[list[float]]:
+    """COCO polygons (outer contours, pixel-corner coordinates as detectron2's GenericMask makes them)."""
+    cv2 = import_cv2()
+    mask = np.ascontiguousarray(decode_rle(rle), dtype=np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [
+        (c.reshape(-1, 2).astype(np.float64) + 0.5).ravel().tolist()
+        for c in contours
+        if len(c) >= 3 and cv2.contourArea(c) > 0
+    ]
+
+
+def import_cv2():
+    """OpenCV, which polygon masks need; the error says what to set instead."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise ImportError(
+            f"synthaug needs OpenCV (pip install opencv-python-headless) to give synthetic masks as polygons for "
+            f"INPUT.MASK_FORMAT polygon (detectron2's default) ({err}); or set INPUT.MASK_FORMAT bitmask (yacs) / "
+            "instance_mask_format='bitmask' on your DatasetMapper (LazyConfig)"
+        ) from None
+    return cv2
+
+
+def instance_annotations(
+    sample_instances: list[dict[str, Any]], vocabulary: ClassVocabulary, mask_format: str = "bitmask"
+) -> list[dict]:
     """detectron2 annotations (XYWH boxes, RLE segmentation, contiguous category ids) from stored instances."""
     contiguous = {sid: k for k, sid in enumerate(thing_ids(vocabulary))}
     out = []
     for inst in sample_instances:
-        if inst["class_id"] not in contiguous:
-            continue
-        rle = dict(inst["rle"])
-        out.append(
-            {
-                "bbox": list(inst["bbox"]),
-                "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": contiguous[inst["class_id"]],
-                "segmentation": rle,
-                "iscrowd": 0,
-            }
-        )
+        if inst["class_id"] in contiguous:
+            ann = annotation(contiguous[inst["class_id"]], inst["rle"], inst["bbox"], mask_format)
+            out += [ann] if ann is not None else []
     return out
 
 
@@ -58,8 +101,13 @@ def check_instances(store: SampleStore) -> None:
         )
 
 
-def store_dataset_dicts(store: str | Path, task: str = "instance") -> list[dict]:
-    """The store's samples as detectron2 dataset dicts (standard keys only); fails clearly if unusable."""
+def store_dataset_dicts(store: str | Path, task: str = "instance", mask_format: str = "bitmask") -> list[dict]:
+    """The store's samples as detectron2 dataset dicts (standard keys only); fails clearly if unusable.
+
+    Instance masks are RLE, or polygons unless mask_format is 'bitmask' (set it as INPUT.MASK_FORMAT).
+    sem_seg masks are the store's palette PNGs: read them with synthaug.imageio.read_mask, not detectron2's
+    read_image(..., "L") (which turns palette colours into grey levels); the mix serves greyscale ones.
+    """
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {TASKS}")
     s = SampleStore(store)
@@ -67,21 +115,26 @@ def store_dataset_dicts(store: str | Path, task: str = "instance") -> list[dict]
         check_instances(s)
     dicts = []
     for rec in s.records:
+        try:  # every file checked to stay inside the store (symbolic links resolved) before it is named
+            image, mask = s.path_of(rec, "image"), s.path_of(rec, "mask")
+        except UnsafeRecordError as err:
+            logging.getLogger(__name__).warning("synthaug: skipped %s", err)
+            continue
         d: dict[str, Any] = {
-            "file_name": str(s.root / rec["image"]),
+            "file_name": image,
             "height": rec["height"],
             "width": rec["width"],
             "image_id": rec["id"],
         }
         if task == "instance":
-            d["annotations"] = instance_annotations(rec.get("instances", []), s.vocabulary)
+            d["annotations"] = instance_annotations(rec.get("instances", []), s.vocabulary, mask_format)
         else:
-            d["sem_seg_file_name"] = str(s.root / rec["mask"])
+            d["sem_seg_file_name"] = mask
         dicts.append(d)
     return dicts
 
 
-def register_store(name: str, store_path: str | Path, task: str = "instance") -> str:
+def register_store(name: str, store_path: str | Path, task: str = "instance", mask_format: str = "bitmask") -> str:
     """Register `store_path` as detectron2 dataset `name`; calling it again with the same arguments is a no-op.
 
     Instance stores give thing_classes (every class but the background); sem_seg stores give
@@ -102,7 +155,7 @@ def register_store(name: str, store_path: str | Path, task: str = "instance") ->
             f"dataset {name!r} is already registered (store {getattr(meta, 'synthaug_store', '?')}, task "
             f"{getattr(meta, 'synthaug_task', '?')}); pick another name"
         )
-    DatasetCatalog.register(name, lambda: store_dataset_dicts(store_path, task))
+    DatasetCatalog.register(name, lambda: store_dataset_dicts(store_path, task, mask_format))
     extra: dict[str, Any] = {"synthaug_store": str(store_path), "synthaug_task": task, "ignore_label": IGNORE_INDEX}
     if task == "instance":
         extra.update(thing_classes=thing_classes(vocabulary), evaluator_type="coco")
@@ -116,14 +169,31 @@ def register_store(name: str, store_path: str | Path, task: str = "instance") ->
     return name
 
 
-def sample_to_dataset_dict(sample: Sample, vocabulary: ClassVocabulary, task: str) -> dict:
-    """An in-memory synthetic sample (after splice/blur) as a dataset dict carrying its arrays."""
+def sample_to_dataset_dict(
+    sample: Sample, task: str = "instance", mask_format: str = "bitmask", ignore_label: int = IGNORE_INDEX
+) -> dict:
+    """A served synthetic sample (class ids already in the real dataset's space) as a STANDARD dataset dict.
+
+    Its image (and sem_seg mask) are in-memory files (see memory.py) that any mapper reads through
+    detectron2's read_image; category ids are the mapped instance class ids. ``SYNTHETIC_KEY`` holds the
+    sample id: the mapper wrapper and the loader count synthetic items by it.
+    """
     h, w = sample.mask.shape
-    d: dict[str, Any] = {"image_array": sample.image, "height": h, "width": w, "image_id": sample.id, "synthetic": True}
+    d: dict[str, Any] = {
+        "file_name": memory.put(sample.image, "image"),
+        "height": h,
+        "width": w,
+        "image_id": f"synthaug:{sample.id}",
+        SYNTHETIC_KEY: str(sample.id),
+    }
     if task == "instance":
-        d["annotations"] = instance_annotations([i.to_dict() for i in sample.instances], vocabulary)
+        anns = (annotation(i.class_id, dict(i.rle), i.bbox, mask_format) for i in sample.instances)
+        d["annotations"] = [a for a in anns if a is not None]
     else:
-        d["sem_seg_array"] = sample.mask
+        mask = sample.mask
+        if ignore_label != IGNORE_INDEX:
+            mask = np.where(mask == IGNORE_INDEX, ignore_label, mask).astype(np.uint8)
+        d["sem_seg_file_name"] = memory.put(mask, "sem_seg")
     return d
 
 

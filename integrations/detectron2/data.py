@@ -1,28 +1,35 @@
-"""The mix for detectron2: a dataset of dataset dicts, a mapper that takes in-memory synthetic samples, blur as
-a detectron2 Augmentation, and the train loader builders (yacs and LazyConfig)."""
+"""The mix for detectron2: the mix as a torch Dataset of standard dataset dicts, a wrapper around the user's
+mapper that skips failing synthetic items, blur as a detectron2 Augmentation, and the LazyConfig loader."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.data import transforms as T
+from detectron2.data.build import get_detection_dataset_dicts
+from detectron2.data.detection_utils import check_metadata_consistency
+from synthaug.integrations.detectron2 import memory
 from synthaug.integrations.detectron2.catalog import (
+    SYNTHETIC_KEY,
     TASKS,
     check_instances,
     register_coco_entries,
     sample_to_dataset_dict,
-    thing_classes,
 )
 
 from synthaug.augment import BlurAugment, MixAugment
-from synthaug.mix import LOGGED_COUNTERS, SyntheticMixDataset
+from synthaug.mix import COUNTERS, SyntheticMixDataset, _proc_row
 from synthaug.store import SampleStore, wait_for_store
-from synthaug.vocabulary import check_same_names
+from synthaug.vocabulary import IGNORE_INDEX, match_classes
+
+log = logging.getLogger("detectron2.synthaug")
 
 
 class BlurTransform(T.Transform):
@@ -61,34 +68,113 @@ class SynthaugBlur(T.Augmentation):
 
 
 class SynthaugDatasetMapper(DatasetMapper):
-    """DatasetMapper that also takes synthetic samples handed over in memory (`image_array`, `sem_seg_array`)."""
+    """Kept for old configs: synthetic items are standard dataset dicts now, so detectron2's own DatasetMapper
+    (or yours) reads them. This one also reads the old in-memory form (`image_array`, `sem_seg_array`)."""
 
     def __call__(self, dataset_dict: dict) -> dict:
         if "image_array" not in dataset_dict:
             return super().__call__(dataset_dict)
         dataset_dict = copy.copy(dataset_dict)
         image = dataset_dict.pop("image_array")
-        image = image[..., ::-1] if self.image_format == "BGR" else image
-        image = np.ascontiguousarray(image)
-        sem_seg = dataset_dict.pop("sem_seg_array", None)
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        image = np.ascontiguousarray(image[..., ::-1] if self.image_format == "BGR" else image)
+        aug_input = T.AugInput(image, sem_seg=dataset_dict.pop("sem_seg_array", None))
         transforms = self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
-        shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
         if "annotations" in dataset_dict:
-            self._transform_annotations(dataset_dict, transforms, shape)
+            self._transform_annotations(dataset_dict, transforms, image.shape[:2])
         return dataset_dict
 
 
-def real_dataset_dicts(names: str | Sequence[str]) -> tuple[list[dict], list[str] | None]:
-    """The dataset dicts of registered dataset(s), and their thing classes (None for semantic datasets)."""
-    names = [names] if isinstance(names, str) else list(names)
-    dicts = [d for n in names for d in DatasetCatalog.get(n)]
-    meta = MetadataCatalog.get(names[0])
-    return dicts, list(meta.thing_classes) if hasattr(meta, "thing_classes") else None
+# ---------------------------------------------------------------------------------------------- the mix
+
+
+class MixAsDataset(torch.utils.data.Dataset):
+    """The mix as a map-style torch Dataset: detectron2's get_detection_dataset_dicts passes it through as is,
+    so a DatasetCatalog entry that returns it trains through the user's own build_train_loader.
+
+    Indexing gives full dataset dicts. Iterating gives each item's annotations only (real dicts as they are;
+    synthetic slots with the category ids of the sample the slot holds this epoch), which is all that
+    RepeatFactorTrainingSampler reads, without decoding every synthetic image at start.
+    """
+
+    def __init__(self, mix: SyntheticMixDataset, lut: np.ndarray | None, task: str) -> None:
+        self.mix, self.lut, self.task = mix, lut, task
+
+    def __len__(self) -> int:
+        return len(self.mix)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.mix[index]
+
+    def __iter__(self) -> Iterator[dict]:
+        for index in range(len(self.mix)):
+            kind, j = self.mix.locate(index)
+            yield self.mix.real[j] if kind == "real" else self._categories(j)
+
+    def _categories(self, j: int) -> dict:
+        assert self.mix.pool is not None
+        rec = self.mix.pool.records[j]
+        ids = [int(i["class_id"]) for i in rec.get("instances", [])]
+        if self.lut is not None:
+            ids = [int(self.lut[i]) for i in ids if self.lut[i] != IGNORE_INDEX]
+        return {"annotations": [{"category_id": i, "iscrowd": 0} for i in ids], SYNTHETIC_KEY: str(rec.get("id"))}
+
+
+class SyntheticSafeMapper:
+    """Wraps the user's mapper. A synthetic item whose mapping raises is skipped (None: detectron2's MapDataset
+    then maps another index), counted as corrupt_skipped and warned about by sample id; real items' errors
+    propagate unchanged. Mapped synthetic items keep ``SYNTHETIC_KEY`` (the loader counts them by it)."""
+
+    def __init__(self, mapper: Callable[[dict], Any], mix: SyntheticMixDataset) -> None:
+        self.mapper, self.mix = mapper, mix
+
+    def __call__(self, dataset_dict: Any) -> Any:
+        sample_id = dataset_dict.get(SYNTHETIC_KEY) if isinstance(dataset_dict, dict) else None
+        if sample_id is None:
+            return self.mapper(dataset_dict)
+        try:
+            out = self.mapper(dataset_dict)
+        except Exception as err:
+            self.mix.state.counters[_proc_row()][COUNTERS.index("corrupt_skipped")] += 1
+            log.warning(
+                "synthaug: skipped synthetic sample %s: the mapper raised %s: %s", sample_id, type(err).__name__, err
+            )
+            return None
+        finally:
+            memory.drop(memory.paths_of(dataset_dict))
+        if isinstance(out, dict):
+            out[SYNTHETIC_KEY] = sample_id
+        return out
+
+
+def dataset_classes(names: Sequence[str], task: str) -> list[str]:
+    """thing_classes (instance) or stuff_classes (sem_seg) of the real datasets, the same in all of them."""
+    key = "thing_classes" if task == "instance" else "stuff_classes"
+    try:
+        check_metadata_consistency(key, list(names))  # detectron2's own multi-dataset check
+        return list(getattr(MetadataCatalog.get(names[0]), key))
+    except AttributeError:
+        other = "sem_seg" if task == "instance" else "instance"
+        hint = "stuff_classes" if task == "instance" else "thing_classes"
+        hint = f"; it has {hint}: for that task set SYNTHAUG.TASK {other} (yacs) or task={other!r}" * any(
+            hasattr(MetadataCatalog.get(n), hint) for n in names
+        )
+        raise ValueError(
+            f"task {task!r} needs the real datasets' {key} to match the store's classes by name, but "
+            f"MetadataCatalog.get({names[0]!r}) has none{hint}. Otherwise set {key} where you register the "
+            f"dataset: MetadataCatalog.get({names[0]!r}).set({key}=[...])"
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"{err} The datasets {list(names)} must have the same {key} to mix into.") from None
+
+
+def mix_augment(mix: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(mix.get("augment"), dict):
+        mix["augment"] = MixAugment.from_dict(mix["augment"])
+    return mix
 
 
 def build_mix(
@@ -97,61 +183,63 @@ def build_mix(
     task: str = "instance",
     ratio: Any = 0.25,
     seed: int = 0,
+    class_map: Mapping[str, str | int | None] | None = None,
+    class_map_key: str = "class_map",
+    mask_format: str = "polygon",
+    real_dicts: Sequence[dict] | None = None,
     **mix: Any,
-) -> SyntheticMixDataset:
-    """A SyntheticMixDataset of registered real dataset(s) and a store, serving detectron2 dataset dicts."""
+) -> MixAsDataset:
+    """The mix of registered real dataset(s) (their dicts from detectron2's get_detection_dataset_dicts unless
+    `real_dicts` is given) and a store, serving standard dataset dicts in the real datasets' class ids; as a
+    torch Dataset whose `.mix` is the SyntheticMixDataset (counters, pool, plan)."""
     if task not in TASKS:
         raise ValueError(f"task={task!r}: use one of {TASKS}")
-    dicts, real_things = real_dataset_dicts(real)
+    names = [real] if isinstance(real, str) else list(real)
+    classes = dataset_classes(names, task)
+    dicts = list(get_detection_dataset_dicts(names) if real_dicts is None else real_dicts)
     if mix.get("empty") == "wait":
         wait_for_store(store, float(mix.get("wait_timeout", 600.0)))
     opened = SampleStore(store)
-    vocabulary = opened.vocabulary
+    lut = match_classes(opened.vocabulary, classes, class_map, key=class_map_key, what=f"dataset {names[0]!r}")
     if task == "instance":
-        if real_things is not None:
-            check_same_names(thing_classes(vocabulary), real_things, f"real dataset {real}", f"store {store} (things)")
         check_instances(opened)
-    if isinstance(mix.get("augment"), dict):
-        mix["augment"] = MixAugment.from_dict(mix["augment"])
-    return SyntheticMixDataset(
+    ignore = int(getattr(MetadataCatalog.get(names[0]), "ignore_label", IGNORE_INDEX))
+    transform = functools.partial(sample_to_dataset_dict, task=task, mask_format=mask_format, ignore_label=ignore)
+    dataset = SyntheticMixDataset(
         dicts,
         store,
         ratio=ratio,
         seed=seed,
-        synthetic_transform=lambda sample: sample_to_dataset_dict(sample, vocabulary, task),
-        **mix,
+        real_classes=classes,
+        class_map=class_map,
+        class_map_key=class_map_key,
+        synthetic_transform=transform,
+        **mix_augment(mix),
     )
+    return MixAsDataset(dataset, lut, task)
 
 
-class LoggingLoader:
-    """Wraps a train loader: every `interval` batches it refreshes the pool, and with every batch it writes the
-    mix's counters to detectron2's EventStorage. It is what lets a LazyConfig run log without a new hook."""
-
-    def __init__(self, loader, mix: SyntheticMixDataset, interval: int = 50) -> None:
-        self.loader, self.mix, self.interval = loader, mix, interval
-
-    def __iter__(self):
-        from detectron2.utils.events import get_event_storage
-
-        images_per_iteration = getattr(self.loader, "batch_size", None) or 1
-        for step, batch in enumerate(self.loader):
-            if step and step % self.interval == 0:
-                self.mix.refresh()
-            try:
-                storage = get_event_storage()
-            except AssertionError:  # not inside a trainer
-                storage = None
-            if storage is not None:
-                self.mix.follow(storage.iter, images_per_iteration)
-                put_counters(storage, self.mix)
-            yield batch
+def register_mix(dataset: MixAsDataset, real: Sequence[str]) -> str:
+    """Register the mix in DatasetCatalog under a fresh name, with the first real dataset's metadata (mappers
+    and loaders look up MetadataCatalog.get(cfg.DATASETS.TRAIN[0]): ignore_label, classes...)."""
+    n = 0
+    while f"{real[0]}+synthaug{n}" in DatasetCatalog.list():
+        n += 1
+    name = f"{real[0]}+synthaug{n}"
+    DatasetCatalog.register(name, lambda: dataset)
+    meta = {k: v for k, v in MetadataCatalog.get(real[0]).as_dict().items() if k != "name"}
+    MetadataCatalog.get(name).set(**meta, synthaug_real=list(real))
+    return name
 
 
-def put_counters(storage, mix: SyntheticMixDataset) -> None:
-    """synthaug/* scalars: synthetic share, pool size, served and skipped samples."""
-    c = mix.counters()
-    for key in LOGGED_COUNTERS:
-        storage.put_scalar(f"synthaug/{key}", float(c[key]), smoothing_hint=False)
+def load_sem_seg_gt(filename: str, copy: bool = True, dtype: Any = None) -> np.ndarray:
+    """Class ids of a ground-truth mask, for SemSegEvaluator(sem_seg_loading_fn=...): detectron2's default
+    passes copy=False to np.array, which numpy 2 refuses ("Unable to avoid copy while creating an array")."""
+    from detectron2.utils.file_io import PathManager
+    from PIL import Image
+
+    with PathManager.open(filename, "rb") as f:
+        return np.array(Image.open(f), dtype=dtype)
 
 
 def build_synthaug_train_loader(
@@ -165,16 +253,50 @@ def build_synthaug_train_loader(
     num_workers: int = 0,
     refresh_interval: int = 50,
     register_coco: Sequence[str] = (),
+    class_map: Mapping[str, str | int | None] | None = None,
+    sampler=None,
+    aspect_ratio_grouping: bool = True,
+    filter_empty: bool = True,
+    vis_period: int = 0,
+    log_period: int = 20,
     **mix: Any,
 ):
-    """The LazyConfig drop-in for `dataloader.train`: detectron2's train loader over the mix, logging to storage.
+    """The LazyConfig drop-in for `dataloader.train`: detectron2's build_detection_train_loader over the mix,
+    with your mapper (detectron2's DatasetMapper works), logging to EventStorage and, every `log_period`
+    iterations, to the console; every `vis_period` iterations (0: never) a row of synthetic samples with
+    their labels goes to EventStorage.put_image (TensorBoard).
 
-    `register_coco` ("name=annotations.json=image_root" entries) registers real datasets first, for
-    scripts such as lazyconfig_train_net.py that register nothing themselves.
+    Synthetic masks are polygons unless ``mapper.instance_mask_format == 'bitmask'``. `register_coco`
+    ("name=annotations.json=image_root" entries) registers real datasets first, for scripts such as
+    lazyconfig_train_net.py that register nothing themselves.
     """
+    from synthaug.integrations.detectron2.loader import SynthaugTrainLoader
+
     register_coco_entries(list(register_coco))
-    dataset = build_mix(real, store, task=task, ratio=ratio, seed=seed, **mix)
+    names = [real] if isinstance(real, str) else list(real)
+    dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
+    mask_format = getattr(mapper, "instance_mask_format", "polygon")
+    dataset = build_mix(names, store, task, ratio, seed, class_map, "class_map", mask_format, real_dicts=dicts, **mix)
     loader = build_detection_train_loader(
-        dataset, mapper=mapper, total_batch_size=total_batch_size, num_workers=num_workers, aspect_ratio_grouping=False
+        dataset,
+        mapper=SyntheticSafeMapper(mapper, dataset.mix),
+        sampler=sampler,
+        total_batch_size=total_batch_size,
+        num_workers=num_workers,
+        aspect_ratio_grouping=aspect_ratio_grouping,
     )
-    return LoggingLoader(loader, dataset, refresh_interval)
+    return SynthaugTrainLoader(
+        loader,
+        dataset.mix,
+        refresh_interval,
+        drive=True,
+        log_period=log_period,
+        vis_period=vis_period,
+        image_format=image_format_of(mapper),
+        images_per_iteration=total_batch_size,
+    )
+
+
+def image_format_of(mapper: Any, default: str = "BGR") -> str:
+    """The channel order of the images a mapper makes (for the sample grid)."""
+    return str(getattr(mapper, "image_format", default) or default)

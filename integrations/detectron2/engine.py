@@ -5,25 +5,29 @@ from __future__ import annotations
 import logging
 
 from detectron2.config import CfgNode
+from detectron2.data.build import get_detection_dataset_dicts
 from detectron2.engine import HookBase
 from synthaug.integrations.detectron2.catalog import register_coco_entries
-from synthaug.integrations.detectron2.data import SynthaugDatasetMapper, build_mix, put_counters
-
-from synthaug.mix import SyntheticMixDataset
+from synthaug.integrations.detectron2.data import MixAsDataset, build_mix, register_mix
+from synthaug.integrations.detectron2.loader import SynthaugTrainLoader, wrap_train_loader
 
 
 def add_synthaug_config(cfg: CfgNode) -> CfgNode:
-    """Add SYNTHAUG.* keys: STORE ('' = off), TASK, RATIO, SEED, POLICY, MIN_QUALITY, MAX_REPEATS,
-    REFRESH_INTERVAL and AUGMENT.{SPLICE_P_GRID, BLUR_P_GAUSSIAN, BLUR_P_MOTION, BLUR_P_EDGE}."""
+    """Add SYNTHAUG.* keys: STORE ('' = off), TASK, RATIO, SEED, POLICY, MIN_QUALITY, MAX_REPEATS, CLASS_MAP,
+    REFRESH_INTERVAL, VIS_PERIOD and AUGMENT.{SPLICE_P_GRID, BLUR_P_GAUSSIAN, BLUR_P_MOTION, BLUR_P_EDGE}."""
     cfg.SYNTHAUG = CfgNode()
     cfg.SYNTHAUG.STORE = ""
-    cfg.SYNTHAUG.TASK = "instance"
+    cfg.SYNTHAUG.TASK = "instance"  # or "sem_seg": classes are matched to thing_classes or stuff_classes
     cfg.SYNTHAUG.RATIO = 0.25
     cfg.SYNTHAUG.SEED = 0
     cfg.SYNTHAUG.POLICY = "uniform"
     cfg.SYNTHAUG.MIN_QUALITY = 0.0  # minimum mean_confidence; 0 keeps everything
     cfg.SYNTHAUG.MAX_REPEATS = 0  # per epoch; 0 = no cap
+    # Store classes whose names differ from the dataset's (matched ignoring case, surrounding space, '_', '-'):
+    # "store_name=dataset_name" or "store_name=dataset_id"; "store_name=" ignores that class.
+    cfg.SYNTHAUG.CLASS_MAP = []
     cfg.SYNTHAUG.REFRESH_INTERVAL = 50
+    cfg.SYNTHAUG.VIS_PERIOD = 0  # every N iterations a row of synthetic samples to TensorBoard; 0 = never
     # COCO-format datasets to register before training, as "name=annotations.json=image_root" (the toy configs
     # use it; your own datasets may be registered as you always do).
     cfg.SYNTHAUG.REGISTER_COCO = []
@@ -47,8 +51,23 @@ def register_from_cfg(cfg: CfgNode) -> None:
     register_coco_entries(cfg.SYNTHAUG.REGISTER_COCO)
 
 
-def mix_from_cfg(cfg: CfgNode) -> SyntheticMixDataset:
-    """The mix that cfg.SYNTHAUG describes over cfg.DATASETS.TRAIN; wrong values fail here, at start."""
+def parse_class_map(entries: list[str] | tuple[str, ...]) -> dict[str, str | None]:
+    """SYNTHAUG.CLASS_MAP entries ("store_name=dataset_name_or_id", empty right side = ignore) as a dict."""
+    out: dict[str, str | None] = {}
+    for entry in entries:
+        if not isinstance(entry, str) or "=" not in entry:
+            raise ValueError(
+                f"SYNTHAUG.CLASS_MAP entry {entry!r}: write it as 'store_name=dataset_name' or "
+                "'store_name=dataset_id', or 'store_name=' to ignore that class"
+            )
+        name, target = (p.strip() for p in entry.split("=", 1))
+        out[name] = target or None
+    return out
+
+
+def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
+    """The mix that cfg.SYNTHAUG describes over cfg.DATASETS.TRAIN (loaded as detectron2 loads them: empty
+    filter, keypoints, proposals, metadata checks); wrong values fail here, at start."""
     s, a = cfg.SYNTHAUG, cfg.SYNTHAUG.AUGMENT
     if not s.STORE:
         raise ValueError("SYNTHAUG.STORE is empty: set it to a store path (or do not use the synthaug trainer)")
@@ -56,6 +75,12 @@ def mix_from_cfg(cfg: CfgNode) -> SyntheticMixDataset:
         "splice": {"p_grid": a.SPLICE_P_GRID},
         "blur": {"p_gaussian": a.BLUR_P_GAUSSIAN, "p_motion": a.BLUR_P_MOTION, "p_edge": a.BLUR_P_EDGE},
     }
+    real_dicts = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
     try:
         return build_mix(
             list(cfg.DATASETS.TRAIN),
@@ -63,23 +88,46 @@ def mix_from_cfg(cfg: CfgNode) -> SyntheticMixDataset:
             task=s.TASK,
             ratio=s.RATIO,
             seed=s.SEED,
+            class_map=parse_class_map(s.CLASS_MAP),
+            class_map_key="SYNTHAUG.CLASS_MAP",
+            mask_format=cfg.INPUT.MASK_FORMAT,
+            real_dicts=real_dicts,
             policy=s.POLICY,
             min_quality={"mean_confidence": s.MIN_QUALITY} if s.MIN_QUALITY > 0 else None,
             max_repeats=s.MAX_REPEATS or None,
             augment=augment,
             empty=s.EMPTY,
             wait_timeout=s.WAIT_TIMEOUT,
+            reader_lease=bool(s.PRODUCER.CONFIG and s.PRODUCER.TARGET_POOL > 0),
         )
     except ValueError as err:
         raise ValueError(f"SYNTHAUG config: {err}") from None
 
 
-class SyntheticPoolHook(HookBase):
-    """Every `interval` iterations, adopt new store samples; every iteration, tell the mix where training is and
-    write synthaug/* scalars (synthetic share, pool size, served and skipped samples) to EventStorage."""
+def with_train_datasets(cfg: CfgNode, names: tuple[str, ...]) -> CfgNode:
+    """A copy of cfg whose DATASETS.TRAIN is `names` (frozen if cfg was)."""
+    if cfg.DATASETS.get("TRAIN_REPEAT_FACTOR") and cfg.DATALOADER.SAMPLER_TRAIN.startswith("Weighted"):
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN} with DATASETS.TRAIN_REPEAT_FACTOR "
+            f"{list(cfg.DATASETS.TRAIN_REPEAT_FACTOR)}: the datasets are trained as one synthaug mix, so "
+            "per-dataset repeat factors cannot apply; use TrainingSampler or RepeatFactorTrainingSampler"
+        )
+    out = cfg.clone()
+    out.defrost()
+    out.DATASETS.TRAIN = names
+    if cfg.is_frozen():
+        out.freeze()
+    return out
 
-    def __init__(self, mix: SyntheticMixDataset, interval: int = 50, images_per_iter: int = 1) -> None:
-        self.mix, self.interval, self.images_per_iter = mix, interval, images_per_iter
+
+class SyntheticPoolHook(HookBase):
+    """Every `interval` iterations, adopt new store samples; every iteration, tell the mix where training is.
+    The loader writes the synthaug/* scalars and the console line; this hook saves and restores its
+    counters in detectron2's checkpoints (TrainerBase.state_dict), so a resumed run counts on."""
+
+    def __init__(self, loader: SynthaugTrainLoader, interval: int = 50, images_per_iter: int = 1) -> None:
+        self.loader, self.mix = loader, loader.mix
+        self.interval, self.images_per_iter = interval, images_per_iter
 
     def before_step(self) -> None:
         it = self.trainer.iter
@@ -88,12 +136,21 @@ class SyntheticPoolHook(HookBase):
         self.mix.follow(it, self.images_per_iter)
 
     def after_step(self) -> None:
-        put_counters(self.trainer.storage, self.mix)
+        it, period = self.trainer.iter, self.loader.log_period
+        if it == self.trainer.max_iter - 1 and (it + 1) % period:  # the last line, as detectron2's writers do
+            self.loader.log_line(it)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
 
 
 def with_synthaug(trainer_cls):
-    """Class decorator for a DefaultTrainer subclass: when cfg.SYNTHAUG.STORE is set, train on the mix and add
-    the pool hook. Everything else (evaluation, checkpoints, the command line) stays detectron2's."""
+    """Class decorator for a DefaultTrainer subclass: when cfg.SYNTHAUG.STORE is set, YOUR build_train_loader
+    (mapper, sampler, filters) runs with the mix as cfg.DATASETS.TRAIN, your mapper is wrapped to skip failing
+    synthetic items, and the pool hook is added. Evaluation, checkpoints and the command line stay yours."""
 
     class SynthaugTrainer(trainer_cls):
         def __init__(self, cfg):
@@ -110,24 +167,25 @@ def with_synthaug(trainer_cls):
         def build_train_loader(cls, cfg):
             if not cfg.SYNTHAUG.STORE:
                 return super().build_train_loader(cfg)
-            from detectron2.data import build_detection_train_loader
-
-            mix = mix_from_cfg(cfg)
-            cls._synthaug_mix = mix
-            return build_detection_train_loader(
-                mix,
-                mapper=SynthaugDatasetMapper(cfg, is_train=True),
-                total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-                num_workers=cfg.DATALOADER.NUM_WORKERS,
-                aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            register_from_cfg(cfg)
+            dataset = mix_from_cfg(cfg)
+            name = register_mix(dataset, list(cfg.DATASETS.TRAIN))
+            loader = super().build_train_loader(with_train_datasets(cfg, (name,)))
+            return wrap_train_loader(
+                loader,
+                dataset,
+                refresh_interval=cfg.SYNTHAUG.REFRESH_INTERVAL,
+                drive=False,
+                vis_period=cfg.SYNTHAUG.VIS_PERIOD,
+                image_format=cfg.INPUT.FORMAT,
             )
 
         def build_hooks(self):
             hooks = super().build_hooks()
-            mix = getattr(type(self), "_synthaug_mix", None)
-            if mix is not None:
+            loader = getattr(self._trainer, "data_loader", None)
+            if isinstance(loader, SynthaugTrainLoader):
                 cfg = self.cfg
-                hooks.insert(-1, SyntheticPoolHook(mix, cfg.SYNTHAUG.REFRESH_INTERVAL, cfg.SOLVER.IMS_PER_BATCH))
+                hooks.insert(-1, SyntheticPoolHook(loader, cfg.SYNTHAUG.REFRESH_INTERVAL, cfg.SOLVER.IMS_PER_BATCH))
             if getattr(self, "_synthaug_producer", None) is not None:
                 hooks.insert(-1, self._synthaug_producer)
             return hooks

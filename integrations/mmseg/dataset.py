@@ -5,6 +5,10 @@ unchanged. A synthetic sample goes through the same pipeline, except that the lo
 transforms are replaced by what they would have produced (the image in BGR, as
 LoadImageFromFile gives it, and the mask as LoadAnnotations gives it), so that splice and blur,
 which act on the decoded sample, keep image and mask aligned.
+
+Labels: the core matches the store's classes to `metainfo['classes']` by name, so a synthetic
+mask arrives already in the ids the model trains on, which are the ids LoadAnnotations gives a
+real mask after `reduce_zero_label` and the dataset's `label_map`. Neither is applied again here.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from mmseg.registry import DATASETS
 
 from synthaug.mix import SyntheticMixDataset
 from synthaug.sample import Sample
-from synthaug.vocabulary import IGNORE_INDEX
 
 LOADING_TRANSFORMS = ("LoadImageFromFile", "LoadAnnotations")
 
@@ -40,8 +43,9 @@ class SyntheticMixSegDataset:
     """A user's segmentation dataset (`real`, a dataset config) mixed with samples from `store`.
 
     Every other argument is SyntheticMixDataset's: ratio, seed, policy, min_quality, max_repeats,
-    augment, class_map, empty, wait_timeout. The real dataset's `metainfo['classes']` is checked
-    against the store's classes at start; a mismatch fails with both lists.
+    augment, class_map, empty, wait_timeout, reader_lease. The store's classes are matched by name to
+    the real dataset's `metainfo['classes']` at start (class_map={store name: dataset name, id or None}
+    for names that differ); a store class with no match fails, with a diff of the names.
     """
 
     def __init__(self, real: dict, store: str, ratio: Any = 0.25, seed: int = 0, lazy_init: bool = False, **mix: Any):
@@ -65,15 +69,18 @@ class SyntheticMixSegDataset:
         self.inner = innermost_dataset(self.real)
         pipeline = self.inner.pipeline
         self.pipeline = pipeline if isinstance(pipeline, Compose) else Compose(pipeline)
-        self.mix = SyntheticMixDataset(
-            self.real,
-            self.store,
-            ratio=self.ratio,
-            seed=self.seed,
-            real_classes=list(self.real.metainfo["classes"]),
-            synthetic_transform=self.synthetic_item,
-            **self.mix_kwargs,
-        )
+        try:
+            self.mix = SyntheticMixDataset(
+                self.real,
+                self.store,
+                ratio=self.ratio,
+                seed=self.seed,
+                real_classes=list(self.real.metainfo["classes"]),
+                synthetic_transform=self.synthetic_item,
+                **self.mix_kwargs,
+            )
+        except ValueError as err:
+            raise ValueError(f"SyntheticMixSegDataset (train_dataloader.dataset): {err}") from None
         self._fully_initialized = True
 
     def __len__(self) -> int:
@@ -92,17 +99,12 @@ class SyntheticMixSegDataset:
         kind, j = self.mix.locate(index)
         if kind == "real":
             return self.real.get_data_info(j)
-        rec = self.mix.pool.records[j]
-        root = self.mix.pool.store.root
-        return dict(img_path=str(root / rec["image"]), seg_map_path=str(root / rec["mask"]), synthetic=True)
+        rec, store = self.mix.pool.records[j], self.mix.pool.store
+        return dict(img_path=store.path_of(rec, "image"), seg_map_path=store.path_of(rec, "mask"), synthetic=True)
 
     def synthetic_item(self, sample: Sample) -> dict:
         """Run a decoded synthetic sample through the real pipeline, past its loading transforms."""
-        mask = sample.mask
-        if getattr(self.inner, "reduce_zero_label", False):  # as LoadAnnotations does for the real masks
-            mask = mask.astype(np.int16) - 1
-            mask[mask < 0] = IGNORE_INDEX
-            mask = mask.astype(np.uint8)
+        mask = sample.mask  # already in metainfo['classes'] ids (see the module docstring)
         results = dict(
             img=np.ascontiguousarray(sample.image[..., ::-1]),  # BGR, as LoadImageFromFile decodes
             img_path=f"synthaug:{sample.id}",

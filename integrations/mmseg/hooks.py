@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import time
+from pathlib import Path
 
+import numpy as np
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
-from synthaug.mix import LOGGED_COUNTERS, SyntheticMixDataset
+from synthaug.mix import LOGGED_COUNTERS, ConsumedTally, SyntheticMixDataset
+from synthaug.visualize import contact_sheet, overlay
 
 
 def find_mix(dataset) -> SyntheticMixDataset | None:
@@ -21,22 +25,48 @@ def find_mix(dataset) -> SyntheticMixDataset | None:
     return None
 
 
+SYNTHETIC_PATH_PREFIX = "synthaug:"  # img_path of synthetic items (see dataset.SyntheticMixSegDataset.synthetic_item)
+LOADER_KEYS = ("batch_size", "num_workers", "persistent_workers", "sampler", "collate_fn")
+
+
+def is_synthetic(data_sample) -> bool:
+    return str(data_sample.metainfo.get("img_path", "")).startswith(SYNTHETIC_PATH_PREFIX)
+
+
 @HOOKS.register_module()
 class SyntheticPoolHook(Hook):
-    """Every `interval` iterations, adopt the store's new samples (same snapshot on every rank), tell the
-    mix the iteration (for ratio schedules) and the pass over the data (for the epoch's draw); every
-    `log_interval` iterations, put synthetic share, pool size, served and skipped samples in the
-    message hub, where mmengine's logger and visualiser show them as `train/synthaug_*`."""
+    """Grows the pool, follows training for the mix's draw, and shows what the model is fed.
+
+    Every `interval` iterations it adopts the store's new samples (same snapshot on every rank); every
+    iteration it tells the mix the iteration (ratio schedules) and the pass over the data (the epoch's
+    draw), and puts in the message hub, where mmengine's logger prints them from the first logging
+    interval: `synthaug_synthetic_share` (counted from the batches trained on, all ranks), pool size,
+    served and skipped samples. The consumed counts are saved in checkpoints and restored on resume.
+    Every `vis_interval` iterations (0: never) a grid of the batch's synthetic samples with their label
+    overlays goes to the runner's visualiser backends (`synthaug_samples`).
+    """
 
     priority = "NORMAL"
 
-    def __init__(self, interval: int = 50, log_interval: int = 10) -> None:
-        if interval < 1 or log_interval < 1:
-            raise ValueError("SyntheticPoolHook: interval and log_interval must be >= 1")
-        self.interval, self.log_interval = interval, log_interval
+    def __init__(self, interval: int = 50, log_interval: int = 1, vis_interval: int = 0, vis_max: int = 8) -> None:
+        for key, value, least in (
+            ("interval", interval, 1),
+            ("log_interval", log_interval, 1),
+            ("vis_interval", vis_interval, 0),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"SyntheticPoolHook: {key}={value!r} must be an integer >= {least}")
+        self.interval, self.log_interval, self.vis_interval, self.vis_max = (
+            interval,
+            log_interval,
+            vis_interval,
+            vis_max,
+        )
         self.mix: SyntheticMixDataset | None = None
         self._images_per_iter = 1
         self.refresh_ms = 0.0
+        self.consumed = ConsumedTally()
+        self._offsets: dict[str, float] = {}
 
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
@@ -51,6 +81,8 @@ class SyntheticPoolHook(Hook):
             f"synthaug: mixing {self.mix.n_real} real and {self.mix.n_synthetic} synthetic slots per pass "
             f"(ratio {self.mix.schedule.max}), pool {self.mix.pool_size}"
         )
+        for line in loader_differences(runner.cfg):
+            runner.logger.warning(line)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self.mix is None:
@@ -62,13 +94,129 @@ class SyntheticPoolHook(Hook):
         self.mix.follow(runner.iter, self._images_per_iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self.mix is None or (runner.iter + 1) % self.log_interval:
+        if self.mix is None:
+            return
+        samples = (data_batch or {}).get("data_samples", [])
+        flags = [is_synthetic(s) for s in samples]
+        self.consumed.add(*all_ranks_sum(sum(flags), len(flags)))
+        if self.vis_interval and (runner.iter + 1) % self.vis_interval == 0 and any(flags):
+            self._show(runner, data_batch, flags)
+        if (runner.iter + 1) % self.log_interval:
             return
         c = self.mix.counters()
         hub = runner.message_hub
         for key in LOGGED_COUNTERS:
-            hub.update_scalar(f"train/synthaug_{key}", float(c[key]))
+            hub.update_scalar(f"train/synthaug_{key}", float(c[key]) + self._offsets.get(key, 0.0))
+        hub.update_scalar("train/synthaug_synthetic_share", self.consumed.share)
+        hub.update_scalar("train/synthaug_consumed_synthetic", float(self.consumed.synthetic))
         hub.update_scalar("train/synthaug_refresh_ms", self.refresh_ms)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.mix is None:
+            return
+        c = self.mix.counters()
+        served = {
+            k: float(c[k]) + self._offsets.get(k, 0.0) for k in ("served_real", "served_synthetic", "corrupt_skipped")
+        }
+        checkpoint["synthaug"] = {"consumed": self.consumed.state_dict(), "served": served}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get("synthaug")
+        if state:  # counters go on from where the saved run was, not from 0
+            self.consumed.load_state_dict(state.get("consumed", {}))
+            self._offsets = dict(state.get("served", {}))
+
+    def _show(self, runner, data_batch: dict, flags: list[bool]) -> None:
+        """A grid of the batch's synthetic inputs (as the model gets them) with their labels overlaid."""
+        meta = runner.train_dataloader.dataset.metainfo
+        palette = meta.get("palette") or [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(256)]
+        classes = [str(c).strip().lower() for c in meta.get("classes", ())]
+        background = classes.index("background") if "background" in classes else None
+        tiles = []
+        for inputs, sample, synthetic in zip(data_batch["inputs"], data_batch["data_samples"], flags):
+            if synthetic and len(tiles) < self.vis_max:
+                image = inputs.detach().cpu().numpy().transpose(1, 2, 0)[..., ::-1]  # BGR CHW -> RGB HWC
+                mask = sample.gt_sem_seg.data[0].cpu().numpy().astype(np.uint8)
+                tiles.append(
+                    overlay(np.ascontiguousarray(image).astype(np.uint8), mask, palette, background_id=background)
+                )
+        size = max(max(t.shape[:2]) for t in tiles)
+        tiles = [
+            np.pad(t, ((0, size - t.shape[0]), (0, size - t.shape[1]), (0, 0)), constant_values=255) for t in tiles
+        ]
+        runner.visualizer.add_image(
+            "synthaug_samples", contact_sheet(tiles, columns=min(4, len(tiles))), step=runner.iter + 1
+        )
+
+
+def all_ranks_sum(*values: int) -> tuple[int, ...]:
+    """Sum small counts over every rank (a no-op outside distributed training)."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    from mmengine.dist import all_reduce
+
+    t = torch.tensor(values, dtype=torch.int64)
+    all_reduce(t)
+    return tuple(int(v) for v in t.tolist())
+
+
+def loader_differences(cfg) -> list[str]:
+    """Warnings for a drop-in that replaced the user's settings instead of adding to them.
+
+    Appending the drop-in to a config as a second `train_dataloader = dict(...)` (or `custom_imports`,
+    `custom_hooks`) replaces the first one whole; a config that inherits through `_base_` keeps it.
+    Compares the run's train_dataloader with each base's, and finds names assigned twice in the file.
+    """
+    from mmengine.config import Config
+
+    filename = getattr(cfg, "filename", None)
+    if not filename or not str(filename).endswith(".py"):
+        return []
+    out = reassigned(Path(filename))
+    try:
+        bases = [Config._get_cfg_path(b, filename)[0] for b in Config._get_base_files(filename)]
+        base_loaders = [Config.fromfile(b, import_custom_modules=False).get("train_dataloader") for b in bases]
+    except Exception:  # a check that cannot read the bases must not stop training
+        return out
+    ours = cfg.get("train_dataloader") or {}
+    for base, theirs in zip(bases, base_loaders):
+        for key in LOADER_KEYS if theirs else ():
+            if key in theirs and theirs.get(key) != ours.get(key):
+                out.append(
+                    f"synthaug: train_dataloader.{key} is {ours.get(key)!r} in {filename} but {theirs.get(key)!r} in "
+                    f"its base {base}; if you did not mean to change it, make the mix config with "
+                    "`synthaug wrap-config`, which inherits the loader settings"
+                )
+    return out
+
+
+def reassigned(filename: Path) -> list[str]:
+    """Warnings for top-level train_dataloader / custom_imports / custom_hooks assigned more than once."""
+    try:
+        tree = ast.parse(filename.read_text())
+    except (OSError, SyntaxError):
+        return []
+    seen: dict[str, list[ast.expr]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in ("train_dataloader", "custom_imports", "custom_hooks"):
+                    seen.setdefault(target.id, []).append(node.value)
+    out = []
+    for name, values in seen.items():
+        if len(values) < 2:
+            continue
+        last = {k.arg for k in getattr(values[-1], "keywords", [])}
+        lost = sorted({k.arg for v in values[:-1] for k in getattr(v, "keywords", []) if k.arg} - last)
+        out.append(
+            f"synthaug: {name} is assigned {len(values)} times in {filename}; the last replaces the others whole"
+            + (f" (their {', '.join(lost)} are lost)" if lost else "")
+            + ". Put the drop-in in a new config that names yours in _base_: `synthaug wrap-config CONFIG "
+            "--store S --ratio R -o NEW_CONFIG` writes it"
+        )
+    return out
 
 
 @HOOKS.register_module()

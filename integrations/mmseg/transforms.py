@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
@@ -10,6 +12,9 @@ from synthaug.annotators.instances import instances_from_mask
 from synthaug.augment import BlurAugment, SpliceAugment
 from synthaug.sample import Sample
 from synthaug.store import SampleStore
+from synthaug.vocabulary import match_classes
+
+log = logging.getLogger(__name__)
 
 
 def _as_sample(results: dict) -> Sample:
@@ -37,28 +42,56 @@ class SynthaugPaste(BaseTransform):
     """Paste objects of a random synthetic sample from `store` onto the image (X-Paste), with feathered edges.
 
     Put it after LoadAnnotations in a real dataset's pipeline. p, max_paste, paste_scale and feather
-    are SpliceAugment's. Corrupt store samples are skipped.
+    are SpliceAugment's. `classes` (the dataset's class names, e.g. `{{_base_.metainfo.classes}}` or
+    the dataset class's METAINFO) and `class_map` put pasted pixels in the dataset's ids, as the mix
+    does; without `classes` the store's ids are pasted as they are, and a warning says so once.
+    Corrupt store samples are skipped.
     """
 
-    def __init__(self, store: str, p: float = 0.5, max_paste: int = 3, paste_scale=(0.5, 1.0), feather=1.0):
+    def __init__(
+        self,
+        store: str,
+        p: float = 0.5,
+        max_paste: int = 3,
+        paste_scale=(0.5, 1.0),
+        feather=1.0,
+        classes: list[str] | None = None,
+        class_map: dict | None = None,
+    ):
         self.aug = SpliceAugment(
             p_grid=0.0, p_paste=p, max_paste=max_paste, paste_scale=tuple(paste_scale), feather=feather
         )
         self.store_path = store
         self._store: SampleStore | None = None
+        self.classes, self.class_map = (list(classes) if classes is not None else None), class_map
+        self._lut: np.ndarray | None = None
+
+    def _open(self) -> SampleStore:
+        """The store, and the lookup table from its class ids to the dataset's (checked once, at first use)."""
+        if self._store is None:
+            store = SampleStore(self.store_path)
+            if self.classes is not None:
+                self._lut = match_classes(store.vocabulary, self.classes, self.class_map, key="SynthaugPaste.class_map")
+            else:
+                log.warning(
+                    "SynthaugPaste: no classes given, so objects from %s are pasted with the store's class ids; "
+                    "give classes=<the dataset's class names> to map them by name",
+                    self.store_path,
+                )
+            self._store = store
+        return self._store
 
     def _draw(self, rng: np.random.Generator, n: int) -> list[Sample]:
-        if self._store is None:
-            self._store = SampleStore(self.store_path)
+        store = self._open()
         out: list[Sample] = []
         for _ in range(4 * n):  # bounded: a store of corrupt samples must not hang the pipeline
-            if len(out) == n or not len(self._store):
+            if len(out) == n or not len(store):
                 break
-            s = self._store.try_read(int(rng.integers(len(self._store))))
+            s = store.try_read(int(rng.integers(len(store))))
             if s is not None:
                 if not s.instances:
                     s.instances = instances_from_mask(s.mask)
-                out.append(s)
+                out.append(s if self._lut is None else s.relabelled(self._lut))
         return out
 
     def transform(self, results: dict) -> dict:

@@ -1,15 +1,18 @@
-"""What every annotator returns, and the one loop that turns captured attention into an Annotation."""
+"""What annotators return: object maps (ObjectMaps) and, after labelling, an Annotation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-from synthaug.attention import AttentionStore, CaptureSpec
+from synthaug.attention import CapturedAttention, CaptureSpec
+
+if TYPE_CHECKING:
+    from synthaug.annotators.labels import LabelRule
 
 
 @dataclass
@@ -28,21 +31,33 @@ class Annotation:
     instance_ids: np.ndarray | None = None
 
 
+@dataclass
+class ObjectMaps:
+    """What an annotator reads off one image: (K, H, W) object maps in [0, 1], and optionally a learned
+    instance split (H, W), -1 = none, that divides objects a word covers twice."""
+
+    maps: torch.Tensor
+    instance_ids: np.ndarray | None = None
+
+
 class Annotator(Protocol):
-    """Turns captured attention of one image into object maps, and object maps into an Annotation."""
+    """Turns the captured attention of one image into object maps; `rule` says how maps become a label
+    (synthaug.annotators.labels), and `by_object` whether the winning map separates objects of one class."""
 
     name: str
+    by_object: bool
 
     @property
     def capture(self) -> CaptureSpec: ...
 
+    @property
+    def rule(self) -> LabelRule: ...
+
     def maps(
         self,
-        store: AttentionStore,
+        captured: CapturedAttention,
         index: int,
         groups: Sequence[Sequence[int]],
         size: tuple[int, int],
         class_ids: Sequence[int] | None = None,
-    ) -> torch.Tensor: ...
-
-    def label(self, maps: torch.Tensor, class_ids: Sequence[int]) -> Annotation: ...
+    ) -> ObjectMaps: ...

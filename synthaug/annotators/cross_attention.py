@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthaug.annotators.base import Annotation
-from synthaug.attention import AttentionStore, CaptureSpec, default_cross_factors
+from synthaug.annotators.base import ObjectMaps
+from synthaug.annotators.labels import LabelRule
+from synthaug.attention import CapturedAttention, CaptureSpec, default_cross_factors
 
-THRESHOLDS = ("otsu",)
+THRESHOLDS = ("otsu",)  # besides a number
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,11 @@ class CrossAttentionParams:
 
     factors: tuple[int, ...] | None = None
     threshold: float | str = 0.5
-    background_id: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, str) and self.threshold not in THRESHOLDS:
             raise ValueError(f"threshold={self.threshold!r}: use a number in [0, 1] or one of {THRESHOLDS}")
-        if not isinstance(self.threshold, str) and not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold={self.threshold} must lie in [0, 1]")
+        LabelRule(self.threshold)  # checks the number
         if self.factors is not None and not self.factors:
             raise ValueError("factors is empty: name at least one captured factor, e.g. (1, 2), or leave it out")
 
@@ -67,39 +65,11 @@ def object_maps(token_maps: torch.Tensor, token_groups: Sequence[Sequence[int]])
     return normalise(torch.stack([token_maps[list(g)].sum(0) for g in token_groups]))
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold of values in [0, 1]: the cut that maximises between-class variance."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    p = hist.astype(np.float64) / max(hist.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(p)
-    m = np.cumsum(p * centres)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (m[-1] * w0 - m) ** 2 / (w0 * (1 - w0))
-    between = np.nan_to_num(between)
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def label_objects(
-    maps: torch.Tensor, class_ids: Sequence[int], threshold: float | str, background_id: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Semantic mask (H, W) uint8 and winning-object index (-1 = none) from (K, H, W) maps in [0, 1]."""
-    arr = maps.detach().cpu().numpy()
-    H, W = arr.shape[-2:]
-    if arr.shape[0] == 0:
-        return np.full((H, W), background_id, np.uint8), np.full((H, W), -1, np.int64)
-    cuts = np.array([otsu_threshold(m) if threshold == "otsu" else float(threshold) for m in arr])
-    best = arr.argmax(0)
-    above = np.take_along_axis(arr, best[None], 0)[0] >= cuts[best]
-    winner = np.where(above, best, -1)
-    sem = np.where(above, np.asarray(class_ids, dtype=np.uint8)[best], background_id).astype(np.uint8)
-    return sem, winner
-
-
 class CrossAttentionAnnotator:
     """DiffuMask-style masks from captured cross-attention; parameters in CrossAttentionParams."""
 
     name = "cross_attention"
+    by_object = False
 
     def __init__(self, params: CrossAttentionParams | None = None) -> None:
         self.params = params or CrossAttentionParams()
@@ -110,6 +80,10 @@ class CrossAttentionAnnotator:
             raise RuntimeError("factors are chosen per model: call prepare_annotator(annotator, model=model) first")
         return CaptureSpec(cross_factors=tuple(sorted(set(self.params.factors))))
 
+    @property
+    def rule(self) -> LabelRule:
+        return LabelRule(self.params.threshold)
+
     def prepare_for(self, unet) -> None:
         """Pick the default factors (the UNet's finest of 1 and 2) if none were given."""
         if self.params.factors is None:
@@ -117,17 +91,12 @@ class CrossAttentionAnnotator:
 
     def maps(
         self,
-        store: AttentionStore,
+        captured: CapturedAttention,
         index: int,
         groups: Sequence[Sequence[int]],
         size: tuple[int, int],
         class_ids: Sequence[int] | None = None,
-    ) -> torch.Tensor:
+    ) -> ObjectMaps:
         """(K, H, W) object maps in [0, 1] of image `index` of a captured batch."""
-        cross = {f: m[index : index + 1] for f, m in store.cross_maps().items()}
-        return object_maps(aggregate_maps(cross, self.params.factors, size)[0], groups)
-
-    def label(self, maps: torch.Tensor, class_ids: Sequence[int]) -> Annotation:
-        sem, winner = label_objects(maps, class_ids, self.params.threshold, self.params.background_id)
-        conf = maps.max(0).values.cpu().numpy() if maps.shape[0] else np.zeros(sem.shape, np.float32)
-        return Annotation(sem, winner, conf.astype(np.float32))
+        cross = {f: m[index : index + 1] for f, m in captured.cross_maps().items()}
+        return ObjectMaps(object_maps(aggregate_maps(cross, self.params.factors, size)[0], groups))

@@ -23,20 +23,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from synthaug.annotators.decoder import (
+from synthaug.annotators.decoder_file import model_signature, save_decoder
+from synthaug.annotators.decoder_net import (
     DecoderConfig,
     PerceptionDecoder,
     allowed_classes,
     class_attention,
-    model_signature,
     predict,
-    save_decoder,
 )
 from synthaug.annotators.instances import components
 from synthaug.attention import CaptureSpec, check_capture, default_cross_factors
 from synthaug.features import DEFAULT_REAL_TEMPLATE, capture_real, real_prompt
 from synthaug.imageio import read_image, read_mask
-from synthaug.toy.score import IoUAccumulator
+from synthaug.metrics import IoUAccumulator
+from synthaug.prompts import PromptSpec
 from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -197,38 +197,19 @@ def extract_features(
         mks = np.stack([data.masks[i][:, ::-1] if fl else data.masks[i] for i, _, fl in chunk])
         specs = [real_prompt(vocab, [int(c) for c in np.unique(m) if c != IGNORE_INDEX], template) for m in mks]
         seeds = [seed * 1_000_003 + i * 97 + d for i, d, _ in chunk]
-        store = capture_real(model, images, [s.text for s in specs], cfg.capture, seeds)
-        fm = store.feature_maps()
+        captured = capture_real(model, images, [s.text for s in specs], cfg.capture, seeds)
+        fm = captured.feature_maps()
         for j, f in enumerate(cfg.feature_factors):
             feats[j].append(fm[f].cpu().to(torch.float16))
         size = tuple(fm[finest].shape[-2:])
-        cross = store.cross_maps(at_step=True)
+        cross = captured.cross_maps(at_step=True)
         for k, (spec, (i, _, fl)) in enumerate(zip(specs, chunk)):
-            ids = [t.class_id for t in spec.targets]
-            groups = spec.token_groups(model.tokenizer)
-            if groups:
-                ch = class_attention(
-                    {f: m[k : k + 1] for f, m in cross.items()},
-                    cfg.attention_factors,
-                    groups,
-                    ids,
-                    cfg.num_classes,
-                    size,
-                )
-            else:
-                ch = torch.zeros((cfg.num_classes, *size))
-            att.append(ch.cpu())
-            allowed.append(allowed_classes(ids, cfg.num_classes, cfg.background_id))
-            masks.append(torch.from_numpy(mks[k].astype(np.int64)))
             inst = None if data.instances is None else data.instances[i]
-            if inst is not None and fl:
-                inst = inst[:, ::-1]
-            h, o, v = instance_targets(
-                instance_ids(mks[k], inst, cfg.background_id), size[0], sigma=max(1.0, size[0] / 24)
+            targets = view_targets(
+                model, cfg, spec, {f: m[k : k + 1] for f, m in cross.items()}, mks[k], inst, fl, size
             )
-            heat.append(torch.from_numpy(h))
-            offset.append(torch.from_numpy(o))
-            valid.append(torch.from_numpy(v))
+            for acc, value in zip((att, allowed, masks, heat, offset, valid), targets):
+                acc.append(value)
     return FeatureSet(
         [torch.cat(f) for f in feats],
         torch.stack(att),
@@ -240,9 +221,39 @@ def extract_features(
     )
 
 
+def view_targets(
+    model,
+    cfg: DecoderConfig,
+    spec: PromptSpec,
+    cross: dict[int, torch.Tensor],
+    mask: np.ndarray,
+    inst: np.ndarray | None,
+    flipped: bool,
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, ...]:
+    """One view's decoder inputs and targets: class attention, allowed classes, mask, centre heat, offsets, valid."""
+    ids = [t.class_id for t in spec.targets]
+    groups = spec.token_groups(model.tokenizer)
+    if groups:
+        ch = class_attention(cross, cfg.attention_factors, groups, ids, cfg.num_classes, size)
+    else:
+        ch = torch.zeros((cfg.num_classes, *size))
+    if inst is not None and flipped:
+        inst = inst[:, ::-1]
+    h, o, v = instance_targets(instance_ids(mask, inst, cfg.background_id), size[0], sigma=max(1.0, size[0] / 24))
+    return (
+        ch.cpu(),
+        allowed_classes(ids, cfg.num_classes, cfg.background_id),
+        torch.from_numpy(mask.astype(np.int64)),
+        torch.from_numpy(h),
+        torch.from_numpy(o),
+        torch.from_numpy(v),
+    )
+
+
 def decoder_loss(out: dict[str, torch.Tensor], batch: dict[str, Any], loss_size: int) -> torch.Tensor:
     """Cross-entropy on the restricted classes (255 ignored) + centre MSE + offset L1 on object pixels."""
-    from synthaug.annotators.decoder import restrict_logits
+    from synthaug.annotators.decoder_net import restrict_logits
 
     logits = restrict_logits(out["semantic"], batch["allowed"])
     masks = batch["masks"]
@@ -326,17 +337,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def train_decoder(
-    model,
-    data: LabelledImages,
-    vocab: ClassVocabulary,
-    options: TrainOptions | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-    log=print,
-) -> TrainResult:
-    """Train a PerceptionDecoder on `data` with `model` frozen; save it to `out` if given."""
-    opt = options or TrainOptions()
+def check_training_data(data: LabelledImages, vocab: ClassVocabulary, opt: TrainOptions) -> None:
+    """Fail before any model work if the options, the vocabulary or the masks cannot train a decoder."""
     opt.check(len(data))
     if vocab.background is None:
         raise ValueError("the decoder needs a background class: give the vocabulary a 'background' name")
@@ -345,9 +347,10 @@ def train_decoder(
         raise ValueError(
             f"masks hold class ids {bad} that the vocabulary ({len(vocab)} classes: {list(vocab.names)}) lacks"
         )
-    torch.manual_seed(opt.seed)
-    t0 = time.perf_counter()
-    size = data.images.shape[1]
+
+
+def decoder_config(model, vocab: ClassVocabulary, opt: TrainOptions, size: int) -> DecoderConfig:
+    """The decoder's shape for `model` at image `size`: the UNet's feature channels and attention factors."""
     channels = probe_features(model, size)
     cfg = DecoderConfig(
         feature_factors=tuple(channels),
@@ -360,55 +363,30 @@ def train_decoder(
         instances=opt.instances,
     )
     check_capture(cfg.capture, model.unet)
-    train_idx, val_idx = split_indices(len(data), opt.val_fraction, opt.seed)
-    train = extract_features(
-        model,
-        data.subset(train_idx),
-        cfg,
-        vocab,
-        opt.template,
-        opt.draws,
-        opt.flip,
-        opt.seed,
-        progress=progress,
-        desc="features (train)",
-    )
-    val = (
-        extract_features(
-            model,
-            data.subset(val_idx),
-            cfg,
-            vocab,
-            opt.template,
-            1,
-            False,
-            opt.seed + 1,
-            progress=progress,
-            desc="features (held-out)",
-        )
-        if val_idx
-        else None
-    )
-    t_features = time.perf_counter() - t0
-    net = PerceptionDecoder(cfg)
+    return cfg
+
+
+def fit_decoder(
+    net: PerceptionDecoder, train: FeatureSet, val: FeatureSet | None, opt: TrainOptions, loss_size: int, progress: bool
+) -> tuple[float, int, list[dict[str, Any]]]:
+    """Train `net` in place; with held-out features, keep the weights of the best held-out mIoU.
+    Returns (best held-out mIoU or -1, its iteration, the evaluation history)."""
     optim = torch.optim.AdamW(net.parameters(), lr=opt.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opt.lr, total_steps=opt.iterations, pct_start=0.1)
     gen = torch.Generator().manual_seed(opt.seed)
-    loss_size = min(size, 4 * train.attention.shape[-1])
-    best = (-1.0, 0, {k: v.clone() for k, v in net.state_dict().items()})
+    best = (-1.0, opt.iterations, {k: v.clone() for k, v in net.state_dict().items()})
     history = []
     bar = tqdm(range(1, opt.iterations + 1), desc="train decoder", unit="it", disable=not progress)
     for it in bar:
         net.train()
-        idx = torch.randint(len(train), (min(opt.batch_size, len(train)),), generator=gen)
-        batch = train.batch(idx)
+        batch = train.batch(torch.randint(len(train), (min(opt.batch_size, len(train)),), generator=gen))
         loss = decoder_loss(net(batch["features"], batch["attention"]), batch, loss_size)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
         sched.step()
         if val is not None and (it % opt.eval_every == 0 or it == opt.iterations):
-            score = miou(predict_semantic(net, val), val.masks.numpy(), cfg.num_classes)
+            score = miou(predict_semantic(net, val), val.masks.numpy(), net.cfg.num_classes)
             history.append({"iteration": it, "loss": round(loss.item(), 5), "val_miou": round(score, 4)})
             if score > best[0]:
                 best = (score, it, {k: v.clone() for k, v in net.state_dict().items()})
@@ -418,18 +396,50 @@ def train_decoder(
     if val is not None:
         net.load_state_dict(best[2])
     net.eval()
+    return best[0], best[1], history
+
+
+def train_decoder(
+    model,
+    data: LabelledImages,
+    vocab: ClassVocabulary,
+    options: TrainOptions | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+) -> TrainResult:
+    """Train a PerceptionDecoder on `data` with `model` frozen; save it to `out` if given."""
+    opt = options or TrainOptions()
+    check_training_data(data, vocab, opt)
+    torch.manual_seed(opt.seed)
+    t0 = time.perf_counter()
+    size = data.images.shape[1]
+    cfg = decoder_config(model, vocab, opt, size)
+    train_idx, val_idx = split_indices(len(data), opt.val_fraction, opt.seed)
+    args = (cfg, vocab, opt.template)
+    train = extract_features(
+        model, data.subset(train_idx), *args, opt.draws, opt.flip, opt.seed, progress=progress, desc="features (train)"
+    )
+    val = None
+    if val_idx:
+        val = extract_features(
+            model, data.subset(val_idx), *args, 1, False, opt.seed + 1, progress=progress, desc="features (held-out)"
+        )
+    t_features = time.perf_counter() - t0
+    net = PerceptionDecoder(cfg)
+    score, best_it, history = fit_decoder(net, train, val, opt, min(size, 4 * train.attention.shape[-1]), progress)
     record = {
         "labelled_images": len(data),
         "train_images": len(train_idx),
         "heldout_images": len(val_idx),
-        "heldout_miou": round(best[0], 4) if val is not None else None,
-        "best_iteration": best[1] if val is not None else opt.iterations,
+        "heldout_miou": round(score, 4) if val is not None else None,
+        "best_iteration": best_it,
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opt).items()},
         "feature_seconds": round(t_features, 1),
         "seconds": round(time.perf_counter() - t0, 1),
         "history": history,
     }
     if val is not None:
-        log(f"[train-annotator] held-out mIoU {best[0]:.3f} on {len(val_idx)} images (best at iteration {best[1]})")
+        log(f"[train-annotator] held-out mIoU {score:.3f} on {len(val_idx)} images (best at iteration {best_it})")
     path = save_decoder(out, net, model_signature(model), record) if out is not None else None
     return TrainResult(path, net, record)

@@ -14,14 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthaug.annotators.base import Annotation
+from synthaug.annotators.base import ObjectMaps
 from synthaug.annotators.cross_attention import aggregate_maps, normalise, object_maps
-from synthaug.attention import AttentionStore, CaptureSpec
-from synthaug.vocabulary import IGNORE_INDEX
+from synthaug.annotators.labels import LabelRule
+from synthaug.attention import CapturedAttention, CaptureSpec
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,6 @@ class SelfRefinedParams:
     power: int = 4
     label_threshold: float = 0.6
     ignore_threshold: float = 0.5
-    background_id: int = 0
 
     def __post_init__(self) -> None:
         if self.power < 1:
@@ -61,34 +59,19 @@ def refine_with_affinity(maps: torch.Tensor, affinity: torch.Tensor, power: int)
     return normalise(flat.T.reshape(k, h, w))
 
 
-def label_with_ignore(
-    maps: torch.Tensor, class_ids, label_threshold: float, ignore_threshold: float, background_id: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(semantic mask with 255 = ignore, winning-object index (-1 none), confidence) from (K, H, W) maps."""
-    arr = maps.detach().cpu().numpy()
-    H, W = arr.shape[-2:]
-    if arr.shape[0] == 0:
-        return np.full((H, W), background_id, np.uint8), np.full((H, W), -1, np.int64), np.zeros((H, W), np.float32)
-    best = arr.argmax(0)
-    conf = np.take_along_axis(arr, best[None], 0)[0]
-    ids = np.asarray(class_ids, dtype=np.uint8)
-    sem = np.full((H, W), background_id, np.uint8)
-    labelled = conf >= label_threshold
-    sem[labelled] = ids[best[labelled]]
-    sem[(conf >= ignore_threshold) & ~labelled] = IGNORE_INDEX
-    winner = np.where(labelled, best, -1)
-    return sem, winner, conf.astype(np.float32)
-
-
 def self_refined_maps(
-    store: AttentionStore, index: int, groups: Sequence[Sequence[int]], params: SelfRefinedParams, size: tuple[int, int]
+    captured: CapturedAttention,
+    index: int,
+    groups: Sequence[Sequence[int]],
+    params: SelfRefinedParams,
+    size: tuple[int, int],
 ) -> torch.Tensor:
     """(K, H, W) refined object maps for image `index` of a captured batch."""
-    self_maps = store.self_maps()
+    self_maps = captured.self_maps()
     if params.self_factor not in self_maps:
         raise ValueError(f"self-attention factor {params.self_factor} was not captured (captured: {sorted(self_maps)})")
-    grid = store.grid(params.self_factor)
-    cross = {f: m[index : index + 1] for f, m in store.cross_maps().items()}
+    grid = captured.grid(params.self_factor)
+    cross = {f: m[index : index + 1] for f, m in captured.cross_maps().items()}
     obj = object_maps(aggregate_maps(cross, params.cross_factors, grid)[0], groups)
     refined = refine_with_affinity(obj, self_maps[params.self_factor][index].to(obj.dtype), params.power)
     return normalise(F.interpolate(refined[None], size=size, mode="bilinear", align_corners=False)[0])
@@ -98,6 +81,7 @@ class SelfRefinedAnnotator:
     """Dataset Diffusion masks: cross-attention propagated by self-attention, uncertain pixels ignored."""
 
     name = "self_refined"
+    by_object = False
 
     def __init__(self, params: SelfRefinedParams | None = None) -> None:
         self.params = params or SelfRefinedParams()
@@ -110,14 +94,15 @@ class SelfRefinedAnnotator:
 
     def maps(
         self,
-        store: AttentionStore,
+        captured: CapturedAttention,
         index: int,
         groups: Sequence[Sequence[int]],
         size: tuple[int, int],
         class_ids: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        return self_refined_maps(store, index, groups, self.params, size)
+    ) -> ObjectMaps:
+        return ObjectMaps(self_refined_maps(captured, index, groups, self.params, size))
 
-    def label(self, maps: torch.Tensor, class_ids: Sequence[int]) -> Annotation:
-        p = self.params
-        return Annotation(*label_with_ignore(maps, class_ids, p.label_threshold, p.ignore_threshold, p.background_id))
+    @property
+    def rule(self) -> LabelRule:
+        """Label at >= label_threshold; ignore (255) in [ignore_threshold, label_threshold)."""
+        return LabelRule(self.params.label_threshold, ignore_from=self.params.ignore_threshold)

@@ -12,13 +12,12 @@ import numpy as np
 from synthaug.annotators import prepare_annotator
 from synthaug.annotators.base import Annotator
 from synthaug.annotators.cross_attention import CrossAttentionAnnotator, CrossAttentionParams
-from synthaug.annotators.instances import annotation_instances
-from synthaug.annotators.refine import refine
+from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.attention import CaptureSpec
 from synthaug.generator import DiffusionModel, generate_batch
+from synthaug.metrics import IoUAccumulator
 from synthaug.prompts import ObjectTarget, PromptSpec, token_positions, words_positions
 from synthaug.toy.score import (
-    IoUAccumulator,
     ObjectCheck,
     PromptedObject,
     check_objects,
@@ -76,6 +75,9 @@ class ToyEvaluation:
     fidelity: float
     colour_fidelity: float
     miou: dict[str, float]
+    #: mIoU with the pixels a variant left ignore counted as wrong, and the share it left ignore.
+    miou_ignore_wrong: dict[str, float]
+    ignore_share: dict[str, float]
     per_class_iou: dict[str, list[float]]
     seconds_per_image: float
     annotate_seconds_per_image: dict[str, float] = field(default_factory=dict)
@@ -118,6 +120,10 @@ class Variant:
     refine: str = "none"
     refine_params: tuple[tuple[str, Any], ...] = ()
 
+    def pipeline(self) -> AnnotationPipeline:
+        """The annotation pipeline of this variant on the toy vocabulary (instances of at least 1% of the image)."""
+        return AnnotationPipeline(self.annotator, TOY_VOCABULARY, self.refine, dict(self.refine_params), 0.01)
+
 
 def cross_variant(factors: tuple[int, ...], words: str = "both", threshold: float | str = 0.5) -> Variant:
     return Variant(CrossAttentionAnnotator(CrossAttentionParams(factors=factors, threshold=threshold)), words)
@@ -151,6 +157,33 @@ def capture_groups(variants: dict[str, Variant]) -> list[tuple[CaptureSpec, list
     return [(union_capture([variants[n] for n in names]), names) for names in groups]
 
 
+@dataclass
+class _Tally:
+    """What one variant's masks scored, accumulated image by image."""
+
+    all: IoUAccumulator = field(default_factory=lambda: IoUAccumulator(len(TOY_VOCABULARY)))
+    faithful: IoUAccumulator = field(default_factory=lambda: IoUAccumulator(len(TOY_VOCABULARY)))
+    count_match: int = 0
+    seconds: float = 0.0
+    masks: list[np.ndarray] = field(default_factory=list)
+
+
+def _generate_once(model, chunk, steps, guidance, groups_of_variants) -> tuple[list, float]:
+    """One batch generated once per capture group (same seeds, same images); the first capture's time."""
+    outs, seconds = [], 0.0
+    for g, (capture, names) in enumerate(groups_of_variants):
+        t0 = time.perf_counter()
+        out = generate_batch(
+            model, [p.caption for p in chunk], [p.seed for p in chunk], steps=steps, guidance=guidance, capture=capture
+        )
+        if g == 0:
+            seconds = time.perf_counter() - t0
+        elif not np.array_equal(out.images, outs[0][0].images):
+            raise RuntimeError("a second capture of the same seeds gave other images; scores would not compare")
+        outs.append((out, names))
+    return outs, seconds
+
+
 def evaluate_toy_model(
     model: DiffusionModel,
     prompts: Sequence[ToyPrompt],
@@ -162,40 +195,22 @@ def evaluate_toy_model(
     """Generate every prompt, check fidelity, and score the masks of each variant against colour truth.
 
     All variants are scored on the same generated images; by default the shipped recipe,
-    cross-attention of both words at factor 2 (the 16x16 maps). Ignore pixels (255) are left out of IoU.
+    cross-attention of both words at factor 2 (the 16x16 maps). `miou` leaves the pixels a variant
+    marks ignore (255) out; `miou_ignore_wrong` counts them as wrong, and `ignore_share` says how many.
     Variants that read different single timesteps (learned decoders) get their own capture of
     the same seeds, which yields the same images (capture never changes the output).
     """
     variants = variants or {"cross(f2, both)": cross_variant((2,))}
     for v in variants.values():
         prepare_annotator(v.annotator, model=model)
+    pipelines = {name: v.pipeline() for name, v in variants.items()}
     groups_of_variants = capture_groups(variants)
-    accs = {name: IoUAccumulator(len(TOY_VOCABULARY)) for name in variants}
-    faithful_accs = {name: IoUAccumulator(len(TOY_VOCABULARY)) for name in variants}
-    faithful = 0
-    count_match = {name: 0 for name in variants}
-    masks: dict[str, list[np.ndarray]] = {name: [] for name in variants}
-    annotate_seconds = {name: 0.0 for name in variants}
-    checks, images = [], []
-    gen_seconds = 0.0
+    tallies = {name: _Tally() for name in variants}
+    checks, images, faithful, gen_seconds = [], [], 0, 0.0
     for b in range(0, len(prompts), batch_size):
         chunk = prompts[b : b + batch_size]
-        outs = []
-        for g, (capture, names) in enumerate(groups_of_variants):
-            t0 = time.perf_counter()
-            out = generate_batch(
-                model,
-                [p.caption for p in chunk],
-                [p.seed for p in chunk],
-                steps=steps,
-                guidance=guidance,
-                capture=capture,
-            )
-            if g == 0:
-                gen_seconds += time.perf_counter() - t0
-            elif not np.array_equal(out.images, outs[0][0].images):
-                raise RuntimeError("a second capture of the same seeds gave other images; scores would not compare")
-            outs.append((out, names))
+        outs, seconds = _generate_once(model, chunk, steps, guidance, groups_of_variants)
+        gen_seconds += seconds
         for i, p in enumerate(chunk):
             image = outs[0][0].images[i]
             images.append(image)
@@ -203,39 +218,40 @@ def evaluate_toy_model(
             checks.extend(image_checks)
             is_faithful = all(c.ok for c in image_checks)
             faithful += is_faithful
-            truth = semantic_truth(image, p.objects)
-            true_count = drawn_instances(image, p.objects, 0.01)
+            truth, true_count = semantic_truth(image, p.objects), drawn_instances(image, p.objects, 0.01)
             class_ids = [TOY_VOCABULARY.id_of(o.shape) for o in p.objects]
             for out, names in outs:
                 for name in names:
-                    v = variants[name]
-                    t1 = time.perf_counter()
-                    groups = token_groups_for(model.tokenizer, p.caption, p.objects, v.words)
-                    omaps = v.annotator.maps(out.store, i, groups, image.shape[:2], class_ids)
-                    omaps = refine(omaps, image, v.refine, **dict(v.refine_params))
-                    ann = v.annotator.label(omaps, class_ids)
-                    sem = ann.mask
-                    annotate_seconds[name] += time.perf_counter() - t1
-                    count_match[name] += len(annotation_instances(ann, 0.01)) == true_count
-                    accs[name].add(sem, truth)
+                    t, t1 = tallies[name], time.perf_counter()
+                    groups = token_groups_for(model.tokenizer, p.caption, p.objects, variants[name].words)
+                    done = pipelines[name](out.captured, i, image, groups, class_ids)
+                    t.seconds += time.perf_counter() - t1
+                    t.count_match += len(done.instances) == true_count
+                    t.all.add(done.mask, truth)
                     if is_faithful:
-                        faithful_accs[name].add(sem, truth)
-                    masks[name].append(sem)
+                        t.faithful.add(done.mask, truth)
+                    t.masks.append(done.mask)
+    return _evaluation(tallies, checks, images, faithful, gen_seconds)
+
+
+def _evaluation(tallies: dict[str, _Tally], checks, images, faithful: int, gen_seconds: float) -> ToyEvaluation:
     n_images = max(len(images), 1)
     by_shape, confusion = shape_breakdown(checks)
     return ToyEvaluation(
         fidelity=float(np.mean([c.ok for c in checks])) if checks else float("nan"),
         colour_fidelity=float(np.mean([c.colour_ok for c in checks])) if checks else float("nan"),
-        miou={name: acc.miou() for name, acc in accs.items()},
-        miou_faithful={name: acc.miou() for name, acc in faithful_accs.items()} if faithful else {},
+        miou={name: t.all.miou() for name, t in tallies.items()},
+        miou_ignore_wrong={name: t.all.miou_ignore_wrong() for name, t in tallies.items()},
+        ignore_share={name: t.all.ignore_share() for name, t in tallies.items()},
+        miou_faithful={name: t.faithful.miou() for name, t in tallies.items()} if faithful else {},
         faithful_images=faithful,
         objects=len(checks),
-        instance_count_match={k: v / n_images for k, v in count_match.items()},
-        per_class_iou={name: [round(float(v), 4) for v in acc.per_class()] for name, acc in accs.items()},
+        instance_count_match={name: t.count_match / n_images for name, t in tallies.items()},
+        per_class_iou={name: [round(float(v), 4) for v in t.all.per_class()] for name, t in tallies.items()},
         seconds_per_image=gen_seconds / n_images,
-        annotate_seconds_per_image={k: v / n_images for k, v in annotate_seconds.items()},
+        annotate_seconds_per_image={name: t.seconds / n_images for name, t in tallies.items()},
         fidelity_by_shape=by_shape,
         shape_confusion=confusion,
         images=images,
-        masks=masks,
+        masks={name: t.masks for name, t in tallies.items()},
     )

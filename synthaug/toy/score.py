@@ -9,14 +9,13 @@ judged (fidelity: does each prompted object appear, compact, in its colour and s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from synthaug.annotators.instances import area_limit, components
 from synthaug.toy.world import COLOURS, SHAPES, TOY_VOCABULARY
-from synthaug.vocabulary import IGNORE_INDEX
 
 #: A pixel is an object's colour when within this RGB distance of it (and nearer than to the others).
 COLOUR_RADIUS = 95.0
@@ -120,36 +119,6 @@ def check_objects(image: np.ndarray, objects: Sequence[PromptedObject]) -> list[
             ObjectCheck(obj, float(sizes.max() / m.size), float(sizes.max() / m.sum()), classify_shape(biggest))
         )
     return checks
-
-
-@dataclass
-class IoUAccumulator:
-    """Accumulates intersections and unions per class over many images: mIoU over the dataset."""
-
-    num_classes: int = len(TOY_VOCABULARY)
-    inter: np.ndarray = field(init=False)
-    union: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.inter = np.zeros(self.num_classes, dtype=np.int64)
-        self.union = np.zeros(self.num_classes, dtype=np.int64)
-
-    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
-        """Add one image; pixels that are ignore (255) in either mask are left out."""
-        if pred.shape != truth.shape:
-            raise ValueError(f"pred {pred.shape} and truth {truth.shape} differ in size: resize the prediction first")
-        valid = (pred != IGNORE_INDEX) & (truth != IGNORE_INDEX)
-        for c in range(self.num_classes):
-            p, t = (pred == c) & valid, (truth == c) & valid
-            self.inter[c] += int((p & t).sum())
-            self.union[c] += int((p | t).sum())
-
-    def per_class(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.union > 0, self.inter / np.maximum(self.union, 1), np.nan)
-
-    def miou(self) -> float:
-        return float(np.nanmean(self.per_class()))
 
 
 def object_iou(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -9,10 +9,9 @@ import torch
 from synthaug.annotators.cross_attention import (
     CrossAttentionParams,
     aggregate_maps,
-    label_objects,
     object_maps,
-    otsu_threshold,
 )
+from synthaug.annotators.labels import LabelRule, label_maps, otsu_threshold
 
 
 def _blob_maps(h: int, w: int, boxes: list[tuple[int, int, int, int]], tokens: int = 6) -> torch.Tensor:
@@ -51,15 +50,18 @@ def test_threshold_labels_strongest_object_or_background():
     maps[0, 0, :] = torch.tensor([1.0, 0.6, 0.4])
     maps[1, 0, 1] = 0.9
     maps[1, 2, 2] = 0.55
-    sem, winner = label_objects(maps, class_ids=[3, 7], threshold=0.5)
-    assert sem.tolist() == [[3, 7, 0], [0, 0, 0], [0, 0, 7]]
-    assert winner.tolist() == [[0, 1, -1], [-1, -1, -1], [-1, -1, 1]]
+    ann = label_maps(maps, class_ids=[3, 7], background_id=0, rule=LabelRule(0.5))
+    assert ann.mask.tolist() == [[3, 7, 0], [0, 0, 0], [0, 0, 7]]
+    assert ann.winner.tolist() == [[0, 1, -1], [-1, -1, -1], [-1, -1, 1]]
+    # The background id is the vocabulary's, whatever it is; without one, unlabelled pixels are ignore.
+    assert label_maps(maps, [3, 7], 5, LabelRule(0.5)).mask.tolist() == [[3, 7, 5], [5, 5, 5], [5, 5, 7]]
+    assert label_maps(maps, [3, 7], None, LabelRule(0.5)).mask[1].tolist() == [255, 255, 255]
 
 
 def test_end_to_end_on_known_boxes():
     boxes = [(2, 10, 2, 10), (10, 15, 8, 15)]
     agg = aggregate_maps({1: _blob_maps(16, 16, boxes)}, (1,), (16, 16))[0]
-    sem, _ = label_objects(object_maps(agg, [[1], [2]]), [1, 2], "otsu")
+    sem = label_maps(object_maps(agg, [[1], [2]]), [1, 2], 0, LabelRule("otsu")).mask
     truth = np.zeros((16, 16), np.uint8)
     truth[2:10, 2:10] = 1
     truth[10:15, 8:15] = 2

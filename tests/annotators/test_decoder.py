@@ -6,6 +6,7 @@ training; the decoder is trained once per module through the real `synthaug trai
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,15 @@ import pytest
 import torch
 
 from synthaug.annotators import build_annotator, prepare_annotator
-from synthaug.annotators.decoder import load_decoder, predict
+from synthaug.annotators.decoder_file import load_decoder
+from synthaug.annotators.decoder_net import predict
 from synthaug.annotators.decoder_training import (
     extract_features,
     miou,
     predict_semantic,
     read_labelled_folder,
 )
+from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.attention import CaptureSpec
 from synthaug.cli import main
 from synthaug.features import capture_real, real_prompt
@@ -61,15 +64,32 @@ def test_feature_capture_at_one_timestep_leaves_images_unchanged(toy_model):
     plain = generate_batch(toy_model, prompts, [1, 2], steps=10)
     out = generate_batch(toy_model, prompts, [1, 2], steps=10, capture=spec)
     assert np.array_equal(plain.images, out.images)
-    feats = out.store.feature_maps()
+    feats = out.captured.feature_maps()
     assert {f: tuple(t.shape) for f, t in feats.items()} == {1: (2, 32, 32, 32), 2: (2, 64, 16, 16), 4: (2, 64, 8, 8)}
-    # Features and the step's attention come from one step: their sums count each layer once;
-    # the attention over all steps is the same as a capture without a timestep.
+    # Features and the pass's attention come from one extra pass at t=50: their sums count each layer once;
+    # the attention over the sampling steps is the same as a capture without a timestep.
     full = generate_batch(toy_model, prompts, [1, 2], steps=10, capture=CaptureSpec(cross_factors=(2, 4)))
-    assert {f: 10 * c for f, c in out.store.step_cross_count.items()} == full.store.cross_count
-    assert out.store.cross_count == full.store.cross_count
-    assert all(torch.equal(out.store.cross_sum[f], full.store.cross_sum[f]) for f in (2, 4))
-    assert out.store.feature_count == {1: 1, 2: 1, 4: 1}
+    assert {f: 10 * c for f, c in out.captured.step_cross_count.items()} == full.captured.cross_count
+    assert out.captured.cross_count == full.captured.cross_count
+    assert all(torch.equal(out.captured.cross_sum[f], full.captured.cross_sum[f]) for f in (2, 4))
+    assert out.captured.feature_count == {1: 1, 2: 1, 4: 1}
+
+
+def test_generated_images_are_read_at_the_timestep_the_decoder_was_trained_at(toy_model):
+    """Features of a generated image equal those the training path (capture_real) takes of the same image at
+    t=50, up to the image's rounding to uint8; the sampler's step nearest 50 (t=39 with 25 Euler ancestral
+    steps), which generation used to read, is far off."""
+    spec = CaptureSpec(cross_factors=(2,), features=(1, 2, 4), timestep=50)
+    prompts = ["a red circle and a blue square on stripes", "a green triangle on plain"]
+    out = generate_batch(toy_model, prompts, [1, 2], steps=25, capture=spec)
+    assert 50 not in [int(t) for t in toy_model.scheduler.timesteps]
+    generated = out.captured.feature_maps()
+    at_50 = capture_real(toy_model, out.images, prompts, spec, [1, 2]).feature_maps()
+    at_39 = capture_real(toy_model, out.images, prompts, replace(spec, timestep=39), [1, 2]).feature_maps()
+    for f in (1, 2, 4):
+        same = float((generated[f] - at_50[f]).norm() / at_50[f].norm())
+        other = float((generated[f] - at_39[f]).norm() / at_50[f].norm())
+        assert same < 0.25 * other, (f, same, other)  # measured: 0.011 vs 0.170 at factor 1, 0.001 vs 0.035 at 4
 
 
 def test_real_image_capture_is_deterministic_per_seed(toy_model, toy_data):
@@ -110,7 +130,8 @@ def test_saved_annotator_reloads_and_gives_identical_masks(trained, toy_model):
     specs = [p.to_spec() for p in toy_prompts(4, seed=77)]
 
     def masks(annotator):
-        samples = list(generate_samples(toy_model, specs, annotator, batch_size=4, steps=8))
+        pipeline = AnnotationPipeline(annotator, TOY_VOCABULARY)
+        samples = list(generate_samples(toy_model, specs, pipeline, batch_size=4, steps=8))
         return [s.mask for s in samples], [len(s.instances) for s in samples]
 
     first = build_annotator("decoder", {"path": str(trained)})
@@ -120,10 +141,26 @@ def test_saved_annotator_reloads_and_gives_identical_masks(trained, toy_model):
     m2, n2 = masks(second)
     assert all(np.array_equal(a, b) for a, b in zip(m1, m2)) and n1 == n2
     assert sum(int((m != 0).any()) for m in m1) >= 3  # it labels objects, not all background
-    # The loaded weights are the trained ones: same outputs as a fresh load of the file.
-    f = load_decoder(trained)
-    net = f.build()
-    assert all(torch.equal(net.state_dict()[k], first.net.state_dict()[k]) for k in f.state)
+
+
+def test_the_saved_file_holds_the_trained_weights(toy_model, toy_data, tmp_path):
+    """What `build_annotator` loads is the network train_decoder trained (its best), not a fresh initialisation."""
+    from synthaug.annotators.decoder_training import TrainOptions, train_decoder
+
+    data = read_labelled_folder(toy_data / "img_dir/train", toy_data / "ann_dir/train", 32, limit=6)
+    options = TrainOptions(width=16, iterations=12, batch_size=4, draws=1, val_fraction=0.0, eval_every=6)
+    torch.manual_seed(0)
+    result = train_decoder(toy_model, data, TOY_VOCABULARY, options, out=tmp_path / "d.safetensors", progress=False)
+    loaded = build_annotator("decoder", {"path": str(result.path)}).net.state_dict()
+    trained_state = result.net.state_dict()
+    assert set(loaded) == set(trained_state)
+    assert all(torch.equal(loaded[k], trained_state[k].cpu()) for k in trained_state)
+    fresh = load_decoder(result.path).cfg
+    torch.manual_seed(0)
+    from synthaug.annotators.decoder_net import PerceptionDecoder
+
+    untrained = PerceptionDecoder(fresh).state_dict()
+    assert any(not torch.equal(loaded[k], untrained[k]) for k in untrained if loaded[k].is_floating_point())
 
 
 @pytest.mark.slow

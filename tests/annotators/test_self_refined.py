@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthaug.annotators.self_refined import SelfRefinedParams, label_with_ignore, refine_with_affinity
+from synthaug.annotators.labels import label_maps
+from synthaug.annotators.self_refined import SelfRefinedAnnotator, SelfRefinedParams, refine_with_affinity
 from synthaug.vocabulary import IGNORE_INDEX
 
 
@@ -28,7 +29,10 @@ def test_affinity_spreads_a_seed_over_its_object():
 
 def test_label_ignore_band():
     maps = torch.tensor([[[0.9, 0.55, 0.2]], [[0.1, 0.3, 0.65]]])  # (K=2, 1, 3)
-    sem, winner, conf = label_with_ignore(maps, [4, 9], label_threshold=0.6, ignore_threshold=0.5)
+    ann = label_maps(
+        maps, [4, 9], 0, SelfRefinedAnnotator(SelfRefinedParams(label_threshold=0.6, ignore_threshold=0.5)).rule
+    )
+    sem, winner, conf = ann.mask, ann.winner, ann.confidence
     assert sem.tolist() == [[4, IGNORE_INDEX, 9]]
     assert winner.tolist() == [[0, -1, 1]]
     assert np.allclose(conf, [[0.9, 0.55, 0.65]])

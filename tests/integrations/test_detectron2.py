@@ -192,5 +192,5 @@ def test_yacs_trainer_with_a_live_producer(world, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
     produced = [r["synthaug/producer_produced"] for r in rows if "synthaug/producer_produced" in r]
     pools = [r["synthaug/pool_size"] for r in rows if "synthaug/pool_size" in r]
-    assert produced and produced[-1] > 0 and pools[-1] >= pools[0] > 0
+    assert produced and produced[-1] > 0 and pools[-1] > pools[0] > 0, pools  # the pool grew while training ran
     assert "synthaug producer stopped" in done.stdout + done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,9 +57,15 @@ def scalar(log: str, key: str) -> float:
 
 @pytest.mark.slow
 def test_train_py_mixes_logs_resumes_and_init_model_loads(world):
-    run = train(world, MIX_CONFIG, "train_cfg.max_iters=20", "train_cfg.val_interval=20")
+    run = train(
+        world, MIX_CONFIG, "train_cfg.max_iters=20", "train_cfg.val_interval=20", "custom_hooks.0.vis_interval=10"
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr
+    grids = sorted((world / "work").glob("*/vis_data/vis_image/synthaug_samples_*.png"))
+    assert [g.name for g in grids] == ["synthaug_samples_10.png", "synthaug_samples_20.png"]
+    consumed = scalar(log, "synthaug_consumed_synthetic")
+    assert 20 * 8 * 0.3 < consumed < 20 * 8 * 0.7  # counted from the 20 batches of 8 trained on
     assert "synthaug: mmcv's compiled ops are missing" in log or "mmcv._ext" not in log
     assert "synthaug: mixing 20 real and 20 synthetic slots per pass (ratio 0.5), pool 16" in log
     assert scalar(log, "synthaug_served_synthetic") > 0 and scalar(log, "synthaug_pool_size") == 16
@@ -68,6 +75,8 @@ def test_train_py_mixes_logs_resumes_and_init_model_loads(world):
     again = train(world, MIX_CONFIG, "train_cfg.max_iters=30", "train_cfg.val_interval=30", resume=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed epoch: 0, iter: 20" in again.stdout + again.stderr
+    # The consumed count goes on from the checkpoint's: 30 batches' worth, not the 10 of this run alone.
+    assert scalar(again.stdout + again.stderr, "synthaug_consumed_synthetic") > consumed + 10 * 8 * 0.3
     code = (
         "import synthaug.integrations.mmseg\nfrom mmseg.apis import init_model\n"
         f"init_model({str(REAL_CONFIG)!r}, {str(world / 'work' / 'iter_30.pth')!r}, device='cpu')\nprint('loaded')"
@@ -86,7 +95,8 @@ def test_class_mismatch_fails_at_start_with_both_lists(world):
     )
     assert run.returncode != 0
     err = run.stdout + run.stderr
-    assert "class vocabularies differ" in err and "'pyramid'" in err and "'triangle'" in err
+    assert "SyntheticMixSegDataset (train_dataloader.dataset): class vocabularies differ" in err
+    assert re.search(r"3\s+'triangle'\s+'pyramid'", err) and "Set class_map" in err
 
 
 @pytest.mark.slow
@@ -271,3 +281,27 @@ def test_paste_transform_with_only_corrupt_samples_returns_the_image_unchanged(t
         {"img": r.image[..., ::-1].copy(), "gt_seg_map": r.semantic.copy()}
     )
     assert np.array_equal(out["gt_seg_map"], r.semantic) and np.array_equal(out["img"], r.image[..., ::-1])
+
+
+def test_paste_transform_pastes_objects_in_the_dataset_ids(tmp_path):
+    import numpy as np
+    import synthaug.integrations.mmseg  # noqa: F401
+    from synthaug.integrations.mmseg.transforms import SynthaugPaste
+
+    from synthaug.sample import Instance, Sample
+    from synthaug.store import StoreWriter, create_store
+    from synthaug.toy.world import TOY_VOCABULARY
+
+    store = create_store(tmp_path / "s", TOY_VOCABULARY)  # background, circle, square, triangle
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 1  # one circle-class object
+    with StoreWriter(store, "g", fsync=False) as w:
+        w.add(Sample(np.full((32, 32, 3), 200, np.uint8), mask, [Instance.from_mask(1, mask == 1)]))
+    real = {"img": np.zeros((32, 32, 3), np.uint8), "gt_seg_map": np.zeros((32, 32), np.uint8)}
+    classes = ["background", "triangle", "square", "circle"]  # the dataset's order: circle is 3 here
+    out = SynthaugPaste(str(store), p=1.0, max_paste=1, classes=classes).transform(
+        {k: v.copy() for k, v in real.items()}
+    )
+    assert set(np.unique(out["gt_seg_map"]).tolist()) == {0, 3}
+    raw = SynthaugPaste(str(store), p=1.0, max_paste=1).transform({k: v.copy() for k, v in real.items()})
+    assert set(np.unique(raw["gt_seg_map"]).tolist()) == {0, 1}  # without classes: the store's ids, with a warning

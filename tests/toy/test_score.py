@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from synthaug.metrics import IoUAccumulator
 from synthaug.toy.score import (
-    IoUAccumulator,
     PromptedObject,
     check_objects,
     classify_shape,
@@ -23,7 +23,7 @@ def _objects(r):
 
 
 def test_rendered_image_scores_iou_one_against_its_caption():
-    acc = IoUAccumulator()
+    acc = IoUAccumulator(4)
     for seed in range(40):
         r = render_seed(seed, 64)
         objs = parse_caption(r.scene.caption)
@@ -69,3 +69,8 @@ def test_iou_accumulator_ignores_255():
     truth = np.array([[0, 1], [0, 1]], np.uint8)
     acc.add(pred, truth)
     assert acc.per_class().tolist() == [0.5, 0.5]
+    # The predicted ignore pixel (truth 1) counts as a miss of class 1 when ignore is counted as wrong.
+    assert acc.miou_ignore_wrong() == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert acc.ignore_share() == pytest.approx(1 / 4)
+    acc.add(np.full((2, 2), 255, np.uint8), np.full((2, 2), 255, np.uint8))  # unknown truth: not judged
+    assert acc.ignore_share() == pytest.approx(1 / 4)

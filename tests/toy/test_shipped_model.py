@@ -82,6 +82,7 @@ def test_instances_match_the_objects_named(toy_model):
     Measured 2026-11-23 on these 32 prompts (seed 700), cross f2 + edge, min area 1%: the count
     matches in 0.844 of images and the classes match in 0.844; floors 0.10 below.
     """
+    from synthaug.annotators.pipeline import AnnotationPipeline
     from synthaug.generator import generate_samples
     from synthaug.toy.world import TOY_VOCABULARY
 
@@ -91,12 +92,10 @@ def test_instances_match_the_objects_named(toy_model):
         generate_samples(
             toy_model,
             [p.to_spec() for p in prompts],
-            cross,
-            refine_method="edge",
+            AnnotationPipeline(cross, TOY_VOCABULARY, "edge", min_instance_area=0.01),
             batch_size=16,
             steps=25,
             guidance=3.0,
-            min_instance_area=0.01,
         )
     )
     count = sum(len(s.instances) == len(p.objects) for s, p in zip(samples, prompts)) / len(prompts)

@@ -1,0 +1,94 @@
+"""`synthaug wrap-config` for mmseg: a new config that inherits the user's and adds only the mix.
+
+Appending the drop-in lines to a config replaces whatever that config set for the same names
+(its `train_dataloader` settings, its `custom_imports`, its `custom_hooks`). A config that names
+the user's as `_base_` inherits everything, so only the keys below are written, and the lists that
+mmengine replaces rather than merges (imports, hooks) are written whole: the base's entries plus ours.
+"""
+
+from __future__ import annotations
+
+import os
+import pprint
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config
+
+OUR_IMPORT = "synthaug.integrations.mmseg"
+MIX_TYPE = "SyntheticMixSegDataset"
+HOOK_TYPE = "SyntheticPoolHook"
+
+
+def plain(value: Any) -> Any:
+    """ConfigDicts and tuples as plain dicts and lists, so that repr() writes valid config Python."""
+    if isinstance(value, dict):  # `_scope_` is what mmengine adds to entries of a `scope::` base
+        return {str(k): plain(v) for k, v in value.items() if k != "_scope_"}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def base_reference(config: str, out: Path) -> str:
+    """How the new config names its base: `scope::path` as given, else a path relative to the new file."""
+    if "::" in config:
+        return config
+    return os.path.relpath(Path(config).resolve(), out.resolve().parent)
+
+
+def load(config: str) -> Config:
+    """Config.fromfile, also for `mmseg::path` names (resolved in the installed package, as `_base_` does)."""
+    if "::" in config:
+        config = Config._get_cfg_path(config, os.path.join(os.getcwd(), "config.py"))[0]
+    return Config.fromfile(config, import_custom_modules=False)
+
+
+def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int = 0, interval: int = 50) -> str:
+    """The text of a config that trains `config` on its real data mixed with `store` at `ratio`."""
+    cfg = load(config)
+    dataset = (cfg.get("train_dataloader") or {}).get("dataset")
+    if not dataset:
+        raise ValueError(f"{config} has no train_dataloader.dataset to mix into: give a training config")
+    if dataset.get("type") == MIX_TYPE:
+        raise ValueError(f"{config} already mixes synthetic samples (train_dataloader.dataset.type={MIX_TYPE})")
+    imports_cfg = cfg.get("custom_imports") or {}
+    imports = imports_cfg.get("imports", [])
+    imports = [imports] if isinstance(imports, str) else list(imports)
+    imports += [OUR_IMPORT] * (OUR_IMPORT not in imports)
+    hooks = [plain(h) for h in cfg.get("custom_hooks") or [] if h.get("type") != HOOK_TYPE]
+    hooks.append({"type": HOOK_TYPE, "interval": interval})
+    allow_failed = bool(imports_cfg.get("allow_failed_imports", False))
+    return (
+        f"# Made by `synthaug wrap-config`: {config}, trained on its own data mixed with synthetic samples\n"
+        f"# from {store}. Everything else (loader settings, schedule, model) is inherited from the base.\n"
+        f"_base_ = [{base_reference(config, out)!r}]\n\n"
+        f"custom_imports = dict(imports={imports!r}, allow_failed_imports={allow_failed})\n"
+        "train_dataloader = dict(\n"
+        "    dataset=dict(\n"
+        "        _delete_=True,\n"
+        f"        type={MIX_TYPE!r},\n"
+        "        real={{_base_.train_dataloader.dataset}},  # the base's training set, unchanged\n"
+        f"        store={store!r},\n"
+        f"        ratio={ratio!r},\n"
+        f"        seed={seed!r},\n"
+        "    )\n"
+        ")\n"
+        f"custom_hooks = {pprint.pformat(hooks, indent=4, width=100, sort_dicts=False)}\n"
+    )
+
+
+def write_mix_config(config: str, store: str, ratio: float, out: Path, seed: int = 0, interval: int = 50) -> Path:
+    """Write the mix config to `out` and check that it parses and keeps the base's loader settings."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"--ratio {ratio}: the expected synthetic share must be in (0, 1), e.g. --ratio 0.3")
+    out = Path(out)
+    if out.suffix != ".py":
+        raise ValueError(f"-o {out}: an mmseg config is a Python file; name it NAME.py")
+    text = mix_config_text(config, store, ratio, out, seed, interval)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    made, base = load(str(out)).train_dataloader, load(config).train_dataloader
+    changed = [k for k in base if k != "dataset" and plain(base[k]) != plain(made.get(k))]
+    if changed or made.dataset.get("type") != MIX_TYPE:
+        raise RuntimeError(f"{out} does not keep {config}'s train_dataloader {changed}; please report this")
+    return out

@@ -1,0 +1,77 @@
+"""`synthaug wrap-config`: the drop-in written for the user's own config, inheriting everything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthaug.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_yacs_config_gets_a_yaml_that_inherits_it(tmp_path, capsys):
+    out = tmp_path / "sub" / "mix.yaml"
+    real = ROOT / "configs" / "detectron2" / "toy_mask_rcnn_real.yaml"
+    assert cli(["wrap-config", str(real), "--store", "data/s", "--ratio", "0.3", "-o", str(out)]) == 0
+    text = out.read_text()
+    base = text.split('_BASE_: "')[1].split('"')[0]
+    assert (out.parent / base).resolve() == real.resolve()  # detectron2 resolves _BASE_ beside the file
+    assert 'STORE: "data/s"' in text and "RATIO: 0.3" in text
+    assert "add_synthaug_config(cfg)" in capsys.readouterr().out
+
+
+def test_lazy_config_gets_the_lines_to_add(capsys):
+    lazy = ROOT / "configs" / "detectron2" / "coco_mask_rcnn_R_50_FPN_mix_lazy.py"
+    assert cli(["wrap-config", str(lazy), "--store", "data/s", "--ratio", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "dataloader.train = L(build_synthaug_train_loader)(" in printed and "mapper=dataloader.train.mapper" in printed
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ratio", "1.5", "-o", "x.py"], "--ratio 1.5: the expected synthetic share must be in (0, 1)"),
+        (["--ratio", "0", "-o", "x.py"], "--ratio 0.0"),
+    ],
+)
+def test_bad_ratio_names_the_option(tmp_path, capsys, args, message):
+    cfg = tmp_path / "c.py"
+    cfg.write_text("x = 1\n")
+    assert cli(["wrap-config", str(cfg), "--store", "s", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_is_named(tmp_path, capsys):
+    assert cli(["wrap-config", str(tmp_path / "nope.py"), "--store", "s", "--ratio", "0.3", "-o", "x.py"]) == 2
+    assert "no config file" in capsys.readouterr().err
+
+
+def test_mmseg_config_keeps_its_imports_hooks_and_loader(tmp_path, capsys):
+    pytest.importorskip("mmseg")
+    from synthaug.integrations.mmseg.wrap_config import load
+
+    base = tmp_path / "user.py"
+    base.write_text(
+        "custom_imports = dict(imports=['my_project.models'], allow_failed_imports=True)\n"
+        "custom_hooks = [dict(type='EMAHook', momentum=0.001)]\n"
+        "train_dataloader = dict(batch_size=3, num_workers=5, dataset=dict(type='MyDataset', data_root='d'))\n"
+    )
+    out = tmp_path / "mix.py"
+    assert cli(["wrap-config", str(base), "--store", "st", "--ratio", "0.25", "-o", str(out)]) == 0
+    cfg = load(str(out))
+    assert cfg.custom_imports.imports == ["my_project.models", "synthaug.integrations.mmseg"]
+    assert cfg.custom_imports.allow_failed_imports is True
+    assert [h["type"] for h in cfg.custom_hooks] == ["EMAHook", "SyntheticPoolHook"]
+    loader = cfg.train_dataloader
+    assert (loader.batch_size, loader.num_workers) == (3, 5)
+    assert loader.dataset.type == "SyntheticMixSegDataset" and loader.dataset.ratio == 0.25
+    assert loader.dataset.real == {"type": "MyDataset", "data_root": "d"}
+    # Wrapping the result again is refused; an mmseg config must be written as a .py file.
+    assert cli(["wrap-config", str(out), "--store", "st", "--ratio", "0.25", "-o", str(tmp_path / "again.py")]) == 2
+    assert "already mixes synthetic samples" in capsys.readouterr().err
+    assert cli(["wrap-config", str(base), "--store", "st", "--ratio", "0.25", "-o", str(tmp_path / "m.txt")]) == 2
+    assert "an mmseg config is a Python file" in capsys.readouterr().err
