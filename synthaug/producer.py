@@ -43,12 +43,35 @@ def status_path(store: str | Path, segment: str) -> Path:
     return Path(store) / STATUS_DIR / f"{segment}.json"
 
 
-def read_status(store: str | Path, segment: str) -> dict[str, Any] | None:
-    """The producer's last status (state, produced, retired, rate, pid, updated), or None."""
+def process_alive(pid: int, host: str | None) -> bool | None:
+    """Whether process `pid` runs on this machine; None when the status was written on another host."""
+    if host is not None and host != socket.gethostname():
+        return None
     try:
-        return json.loads(status_path(store, segment).read_text())
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def read_status(store: str | Path, segment: str) -> dict[str, Any] | None:
+    """The producer's last status (state, produced, retired, rate, pid, host, updated), or None.
+
+    A status that says the producer runs while its pid is gone (killed, crashed: it had no chance to
+    write 'stopped') reads as state 'dead', with the state it last wrote in 'was'.
+    """
+    try:
+        data = json.loads(status_path(store, segment).read_text())
     except (FileNotFoundError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
+    pid, running = data.get("pid"), data.get("state") != "stopped"
+    if running and isinstance(pid, int) and process_alive(pid, data.get("host")) is False:
+        data["was"], data["state"] = data.get("state"), "dead"
+    return data
 
 
 class Producer:
@@ -96,6 +119,7 @@ class Producer:
         data = {
             "segment": self.segment,
             "pid": os.getpid(),
+            "host": socket.gethostname(),
             "state": state,
             "produced": self.produced,
             "retired": self.retired,

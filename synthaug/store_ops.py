@@ -379,9 +379,27 @@ def stats(path: str | Path) -> dict[str, Any]:
             for k, v in sorted(quality.items())
         },
         "instances": sum(len(r.get("instances", ())) for r in store.records),
+        "producers": producer_states(store.root),
         "bad_manifest_lines": store.stats.bad_lines,
         "problems": [str(p) for p in store.stats.problems[:SHOWN_AT_MOST]],
     }
+
+
+def producer_states(root: Path) -> dict[str, dict[str, Any]]:
+    """{segment: its producer's state, samples produced, rate, last update} from STORE/producers/ ('dead'
+    when its status says it runs but its pid is gone)."""
+    from synthaug.producer import read_status
+
+    folder = root / STATUS_DIR
+    if not folder.is_dir() or folder.is_symlink():
+        return {}
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        if _status_problem(path) is None and (s := read_status(root, path.stem)) is not None:
+            out[path.stem] = {
+                k: s.get(k) for k in ("state", "was", "pid", "host", "produced", "rate", "updated") if k in s
+            }
+    return out
 
 
 def format_stats(s: dict[str, Any]) -> str:
@@ -395,6 +413,11 @@ def format_stats(s: dict[str, Any]) -> str:
         lines.append("quality:          min      p10   median      p90      max")
         for k, q in s["quality"].items():
             lines.append(f"  {k:<14}" + "".join(f"{q[x]:>9.3f}" for x in ("min", "p10", "median", "p90", "max")))
+    if s.get("producers"):
+        lines.append("producers:")
+        for seg, p in s["producers"].items():
+            was = f" (was {p['was']}; its pid {p.get('pid')} is gone)" if p.get("state") == "dead" else ""
+            lines.append(f"  {seg:<40} {p.get('state')}{was}, {p.get('produced', 0)} produced")
     if s["bad_manifest_lines"]:
         lines.append(f"bad log lines skipped: {s['bad_manifest_lines']} (`synthaug verify` lists them)")
     lines += [f"  {p}" for p in s.get("problems", [])]

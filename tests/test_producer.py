@@ -175,3 +175,29 @@ def test_two_producers_under_torchrun_write_distinct_samples(tmp_path, fast_cfg)
     images = {(store / r["image"]).read_bytes() for r in s.records}
     assert len(images) == 8
     assert json.loads((store / "producers" / "node0-rank1.json").read_text())["state"] == "stopped"
+
+
+def test_a_status_whose_pid_is_gone_reads_dead(tmp_path, capsys):
+    """A producer killed with SIGKILL never writes 'stopped': its status must not claim it still runs."""
+    import json
+    import socket
+    import subprocess
+
+    from synthaug.producer import status_path
+    from synthaug.store import create_store
+    from synthaug.toy.world import TOY_VOCABULARY
+
+    store = create_store(tmp_path / "s", TOY_VOCABULARY)
+    gone = subprocess.Popen(["sleep", "0"])
+    gone.wait()  # a pid that existed and is now gone
+    for seg, pid, host in (("dead0", gone.pid, socket.gethostname()), ("alive0", os.getpid(), socket.gethostname()),
+                           ("far0", gone.pid, "another-host")):  # fmt: skip
+        path = status_path(store, seg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"segment": seg, "pid": pid, "host": host, "state": "producing", "produced": 4}))
+    assert read_status(store, "dead0")["state"] == "dead" and read_status(store, "dead0")["was"] == "producing"
+    assert read_status(store, "alive0")["state"] == "producing"
+    assert read_status(store, "far0")["state"] == "producing"  # another host's pid is not judged here
+    assert cli(["stats", str(store)]) == 0
+    printed = capsys.readouterr().out
+    assert f"dead (was producing; its pid {gone.pid} is gone), 4 produced" in printed
