@@ -264,12 +264,6 @@ class StoreWriter:
         fmt, opts = IMAGE_FORMATS[ext]
         img_rel = f"{SEGMENTS}/{self.segment}/samples/{sample_id}.{ext}"
         mask_rel = f"{SEGMENTS}/{self.segment}/samples/{sample_id}.mask.png"
-        buf = io.BytesIO()
-        Image.fromarray(sample.image).save(buf, format=fmt, **opts)
-        self._write(self.root / img_rel, buf.getvalue())
-        buf = io.BytesIO()
-        mask_to_png(sample.mask, self.vocabulary.palette).save(buf, format="PNG")
-        self._write(self.root / mask_rel, buf.getvalue())
         record = {
             "id": sample_id,
             "image": img_rel,
@@ -277,14 +271,26 @@ class StoreWriter:
             "height": int(sample.mask.shape[0]),
             "width": int(sample.mask.shape[1]),
             "prompt": sample.prompt,
-            "seed": sample.seed,
+            "seed": None if sample.seed is None else int(sample.seed),
             "classes": sample.classes_present,
             "instances": [i.to_dict() for i in sample.instances],
             "quality": {k: float(v) for k, v in sample.quality.items()},
             "fingerprint": sample.fingerprint,
             "created": time.time(),
         }
-        self._append((json.dumps(record, separators=(",", ":")) + "\n").encode())
+        # The record is checked as readers will check it before any file is written: a record readers
+        # would reject (a NaN quality figure, a prompt that is not text) must never be committed.
+        problem = check_record(record, self.segment, len(self.vocabulary), tuple(IMAGE_FORMATS))
+        if problem:
+            raise ValueError(f"sample not written: its record would be a {problem[0]}: {problem[1]}")
+        line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        buf = io.BytesIO()
+        Image.fromarray(sample.image).save(buf, format=fmt, **opts)
+        self._write(self.root / img_rel, buf.getvalue())
+        buf = io.BytesIO()
+        mask_to_png(sample.mask, self.vocabulary.palette).save(buf, format="PNG")
+        self._write(self.root / mask_rel, buf.getvalue())
+        self._append(line)
         self.count += 1
         return record
 

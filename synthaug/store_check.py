@@ -95,6 +95,16 @@ def check_paths(rec: dict[str, Any], segment: str, image_exts: tuple[str, ...]) 
         return f"mask {rec['mask']!r} is not a .png file"
     if rec["image"].rsplit(".", 1)[-1] not in image_exts:
         return f"image {rec['image']!r} is not one of the store's formats {list(image_exts)}"
+    sid = rec.get("id")
+    if isinstance(sid, str):  # a record names its own files only, so no repair or purge of it touches another's
+        image_ext = rec["image"].rsplit(".", 1)[-1]
+        if rec["image"] != sample_rel(segment, f"{sid}.{image_ext}") or rec["mask"] != sample_rel(
+            segment, f"{sid}.mask.png"
+        ):
+            return (
+                f"its files {rec['image']!r:.120} and {rec['mask']!r:.120} are not {sid}'s own "
+                f"({sid}.<ext>, {sid}.mask.png): they may be another sample's, so they are never moved or deleted"
+            )
     return None
 
 
@@ -204,6 +214,6 @@ def parse_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, int, Any]]
         if line.strip():
             try:
                 yield number, pos, json.loads(line)
-            except ValueError as err:  # UnicodeDecodeError is one too
-                yield number, pos, ValueError(f"not JSON ({err}): {line[:80]!r}")
+            except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError; deep nesting recurses
+                yield number, pos, ValueError(f"not JSON ({type(err).__name__}: {err}): {line[:80]!r}")
         number += 1

@@ -129,12 +129,20 @@ def match_classes(
     Any other store class left without a dataset class fails here, with a diff and the fix,
     `key` being the config key the user sets (e.g. ``SYNTHAUG.CLASS_MAP``).
     """
+    if isinstance(dataset_classes, str):
+        raise ValueError(f"the classes of {what} are one string {dataset_classes!r:.80}: give a list of names")
+    if len(dataset_classes) > IGNORE_INDEX:
+        raise ValueError(
+            f"{what} has {len(dataset_classes)} classes; synthetic labels are 8-bit with 255 = ignore, so at most "
+            f"{IGNORE_INDEX} classes (ids 0..{IGNORE_INDEX - 1}) can be mixed"
+        )
     theirs = [normalize_class_name(n) for n in dataset_classes]
     where: dict[str, list[int]] = {}
     for i, n in enumerate(theirs):
         where.setdefault(n, []).append(i)
-    ours = {normalize_class_name(n): i for i, n in enumerate(store.names)}
+    ours = _unique_normalised(store.names, "the store's class names", key)
     explicit: dict[int, int | None] = {}
+    _unique_normalised(list(dict(class_map or {})), f"the keys of {key}", key)
     for name, target in dict(class_map or {}).items():
         sid = ours.get(normalize_class_name(name))
         if sid is None:
@@ -162,6 +170,21 @@ def match_classes(
     if unmatched:
         raise ValueError(_mismatch_message(store, dataset_classes, unmatched, key, what))
     return lut
+
+
+def _unique_normalised(names, what: str, key: str) -> dict[str, int]:
+    """{normalised name: index}; fails when two names differ only by case, surrounding space, '_' or '-'
+    (one of them would silently take the other's mapping)."""
+    out: dict[str, int] = {}
+    for i, name in enumerate(names):
+        norm = normalize_class_name(name)
+        if norm in out:
+            raise ValueError(
+                f"{what} {names[out[norm]]!r} and {name!r} are the same name once case, surrounding space, '_' and "
+                f"'-' are ignored, so {key} cannot tell them apart: rename one"
+            )
+        out[norm] = i
+    return out
 
 
 def _map_target(

@@ -7,6 +7,8 @@ LazyConfig files get the lines to put in them; both print the two lines their tr
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 from pathlib import Path
 
@@ -18,12 +20,34 @@ D2_SCRIPT_LINES = (
 
 
 def config_kind(config: str) -> str:
-    """'mmseg', 'detectron2-yacs' or 'detectron2-lazy', from the file's type and contents."""
+    """'mmseg', 'detectron2-yacs' or 'detectron2-lazy': a YAML file is yacs; a Python file that imports
+    detectron2 (a LazyConfig does, an mmseg config does not) is a LazyConfig; anything else is mmseg."""
     if config.endswith((".yaml", ".yml")):
         return "detectron2-yacs"
-    if "::" not in config and "detectron2" in Path(config).read_text(errors="replace"):
-        return "detectron2-lazy"
+    if "::" in config:
+        return "mmseg"
+    try:
+        tree = ast.parse(Path(config).read_text(errors="replace"))
+    except SyntaxError as err:
+        raise ValueError(f"{config} is not valid Python ({err}); give a training config") from None
+    for node in ast.walk(tree):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module]
+        if any(m == "detectron2" or m.startswith("detectron2.") for m in modules):
+            return "detectron2-lazy"
     return "mmseg"
+
+
+def check_output(config: str, out: Path) -> None:
+    """Refuse to overwrite anything: the user's config above all (a config that inherits itself is lost)."""
+    if out.exists() or out.is_symlink():
+        same = "::" not in config and out.resolve() == Path(config).resolve()
+        raise ValueError(
+            f"-o {out}: "
+            + ("that is the config to wrap itself" if same else "the file exists")
+            + "; name a new file, so that nothing of yours is overwritten"
+        )
 
 
 def yacs_text(config: str, store: str, ratio: float, out: Path, seed: int) -> str:
@@ -32,7 +56,7 @@ def yacs_text(config: str, store: str, ratio: float, out: Path, seed: int) -> st
         f"# Made by `synthaug wrap-config`: {config} plus synthetic samples from {store}.\n"
         f'_BASE_: "{base}"\n'
         "SYNTHAUG:\n"
-        f'  STORE: "{store}"\n'
+        f"  STORE: {json.dumps(store)}\n"
         f"  RATIO: {ratio}\n"
         f"  SEED: {seed}\n"
         '  # CLASS_MAP: ["store_name=dataset_name"]  # for store classes whose names differ from the dataset\'s\n'
@@ -66,9 +90,11 @@ def wrap_config(config: str, store: str, ratio: float, out: Path | None, seed: i
         return lazy_lines(store, ratio, seed)
     if out is None:
         raise ValueError(f"-o NEW_CONFIG is needed for a {kind} config: the file to write")
+    out = Path(out)
+    check_output(config, out)
     if kind == "detectron2-yacs":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(yacs_text(config, store, ratio, out, seed))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yacs_text(config, store, ratio, out, seed))
         return f"wrote {out}; train with: python train_net.py --config-file {out}\n{D2_SCRIPT_LINES}"
     from synthaug.integrations.mmseg.wrap_config import write_mix_config
 

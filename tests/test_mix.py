@@ -332,3 +332,16 @@ def test_capped_draw_is_fair_on_a_large_pool():
     picks = capped_draw(w / w.sum(), slots, 3, np.random.default_rng(1))
     ratio = np.mean(picks < n // 2) / np.mean(picks >= n // 2)
     assert 1.7 < ratio < 2.3, ratio
+
+
+def test_store_names_that_collide_once_normalised_are_refused(tmp_path, real):
+    from synthaug.vocabulary import ClassVocabulary, match_classes
+
+    vocab = ClassVocabulary(("background", "Car", "car"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)))
+    with pytest.raises(ValueError, match="'Car' and 'car' are the same name"):
+        match_classes(vocab, ["car", "truck"], {"Car": None})  # used to map the *other* 'car' silently
+    toy = ClassVocabulary(tuple(NAMES), TOY_VOCABULARY.palette)
+    with pytest.raises(ValueError, match="the keys of class_map 'circle' and 'Circle'"):
+        match_classes(toy, NAMES, {"circle": 1, "Circle": None})
+    with pytest.raises(ValueError, match="300 classes; synthetic labels are 8-bit"):
+        match_classes(toy, [f"c{i}" for i in range(300)], {"circle": 1, "square": 2, "triangle": 3})

@@ -373,3 +373,64 @@ def test_symlinked_log_and_lease_folders_are_never_read_or_written_through(world
     pool = SyntheticPool(store, lease=True)
     assert pool.adopt(pool.current_snapshot()) == 4 and "no reader lease" in caplog.text
     _ends_well(store, outside, before, "retired.jsonl: unsafe file", "readers: unsafe folder")
+
+
+def test_a_record_readers_would_reject_is_never_committed(tmp_path):
+    """NaN or infinite quality figures and a non-text prompt: refused before any file is written, so that
+    no later repair can move a committed sample's files for it."""
+    import math
+
+    from synthaug.store import SampleStore, StoreWriter, create_store
+    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+    path = create_store(tmp_path / "s", TOY_VOCABULARY)
+    with StoreWriter(path, "seg0", fsync=False) as w:
+        w.add(render_seed(0, 16).to_sample())
+        for field, value in (("quality", {"clip": math.nan}), ("quality", {"clip": math.inf}), ("prompt", None)):
+            s = render_seed(1, 16).to_sample()
+            setattr(s, field, value)
+            with pytest.raises(ValueError, match="sample not written"):
+                w.add(s)
+        w.add(render_seed(2, 16).to_sample())
+    store = SampleStore(path)
+    assert [r["id"] for r in store.records] == ["seg0-00000000", "seg0-00000001"]
+    assert len(list((path / "segments" / "seg0" / "samples").iterdir())) == 4  # nothing but their files
+
+
+def test_a_record_naming_another_samples_files_never_moves_them(tmp_path):
+    """A record with another sample's image and mask (and wrong classes) is unsafe: repair and purge keep the files."""
+    import json
+
+    from synthaug.cli import main as cli
+    from synthaug.store import SampleStore, StoreWriter, create_store
+    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+    path = create_store(tmp_path / "s", TOY_VOCABULARY)
+    with StoreWriter(path, "seg0", fsync=False) as w:
+        for i in range(3):
+            w.add(render_seed(i, 16).to_sample())
+    manifest = path / "segments" / "seg0" / "manifest.jsonl"
+    rec = json.loads(manifest.read_text().splitlines()[1])
+    rec.update(id="seg0-00000099", classes=[3])
+    with manifest.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    assert cli(["verify", str(path)]) == 1
+    cli(["verify", str(path), "--repair"])
+    assert cli(["verify", str(path), "--purge-quarantine"]) == 0
+    store = SampleStore(path)
+    assert [r["id"] for r in store.records] == ["seg0-00000000", "seg0-00000001", "seg0-00000002"]
+    assert all(store.try_read(i) is not None for i in range(3))
+
+
+def test_a_deeply_nested_line_is_skipped_not_fatal(tmp_path):
+    from synthaug.cli import main as cli
+    from synthaug.store import SampleStore, StoreWriter, create_store
+    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+    path = create_store(tmp_path / "s", TOY_VOCABULARY)
+    with StoreWriter(path, "seg0", fsync=False) as w:
+        w.add(render_seed(0, 16).to_sample())
+    with (path / "segments" / "seg0" / "manifest.jsonl").open("a") as f:
+        f.write("[" * 3000 + "\n")  # json.loads recurses past Python's limit
+    assert len(SampleStore(path)) == 1
+    assert cli(["stats", str(path)]) == 0 and cli(["verify", str(path)]) == 1

@@ -75,3 +75,54 @@ def test_mmseg_config_keeps_its_imports_hooks_and_loader(tmp_path, capsys):
     assert "already mixes synthetic samples" in capsys.readouterr().err
     assert cli(["wrap-config", str(base), "--store", "st", "--ratio", "0.25", "-o", str(tmp_path / "m.txt")]) == 2
     assert "an mmseg config is a Python file" in capsys.readouterr().err
+
+
+def test_nothing_is_overwritten_least_of_all_the_users_config(tmp_path, capsys):
+    cfg = tmp_path / "user.yaml"
+    cfg.write_text("SOLVER:\n  MAX_ITER: 10\n")
+    before = cfg.read_text()
+    assert cli(["wrap-config", str(cfg), "--store", "s", "--ratio", "0.3", "-o", str(cfg)]) == 2
+    assert "that is the config to wrap itself" in capsys.readouterr().err and cfg.read_text() == before
+    other = tmp_path / "taken.yaml"
+    other.write_text("keep: me\n")
+    assert cli(["wrap-config", str(cfg), "--store", "s", "--ratio", "0.3", "-o", str(other)]) == 2
+    assert "the file exists" in capsys.readouterr().err and other.read_text() == "keep: me\n"
+
+
+def test_a_store_path_with_quotes_is_valid_yaml(tmp_path):
+    import yaml
+
+    cfg = tmp_path / "user.yaml"
+    cfg.write_text("SOLVER:\n  MAX_ITER: 10\n")
+    store = '/data/a"b: c'
+    assert cli(["wrap-config", str(cfg), "--store", store, "--ratio", "0.3", "-o", str(tmp_path / "mix.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "mix.yaml").read_text())["SYNTHAUG"]["STORE"] == store
+
+
+def test_the_word_detectron2_in_a_comment_does_not_make_a_lazyconfig(tmp_path):
+    from synthaug.wrap_config import config_kind
+
+    mm = tmp_path / "mm.py"
+    mm.write_text("# ported from a detectron2 recipe\nmodel = dict(type='EncoderDecoder')\n")
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("from detectron2.config import LazyCall as L\n")
+    assert config_kind(str(mm)) == "mmseg" and config_kind(str(lazy)) == "detectron2-lazy"
+
+
+def test_mmseg_hooks_of_any_kind_are_kept_and_a_pool_hook_keeps_its_settings(tmp_path, capsys):
+    pytest.importorskip("mmseg")
+    from synthaug.integrations.mmseg.wrap_config import load
+
+    base = tmp_path / "user.py"
+    base.write_text(
+        "custom_hooks = [dict(type='SyntheticPoolHook', interval=7, priority='LOW')]\n"
+        "train_dataloader = dict(batch_size=2, dataset=dict(type='MyDataset'))\n"
+    )
+    out = tmp_path / "mix.py"
+    assert cli(["wrap-config", str(base), "--store", "st", "--ratio", "0.25", "-o", str(out)]) == 0
+    assert load(str(out)).custom_hooks == [{"type": "SyntheticPoolHook", "interval": 7, "priority": "LOW"}]
+    assert not list(tmp_path.glob(".*draft*"))  # the checked draft is gone
+    bad = tmp_path / "bad.py"
+    bad.write_text("custom_imports = 'my.module'\ntrain_dataloader = dict(dataset=dict(type='X'))\n")
+    assert cli(["wrap-config", str(bad), "--store", "st", "--ratio", "0.25", "-o", str(tmp_path / "b.py")]) == 2
+    assert "custom_imports is 'my.module'" in capsys.readouterr().err

@@ -52,11 +52,16 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
     if dataset.get("type") == MIX_TYPE:
         raise ValueError(f"{config} already mixes synthetic samples (train_dataloader.dataset.type={MIX_TYPE})")
     imports_cfg = cfg.get("custom_imports") or {}
+    if not isinstance(imports_cfg, dict):
+        raise ValueError(
+            f"{config}: custom_imports is {imports_cfg!r:.80}; mmengine reads dict(imports=[...]), so fix it first"
+        )
     imports = imports_cfg.get("imports", [])
     imports = [imports] if isinstance(imports, str) else list(imports)
     imports += [OUR_IMPORT] * (OUR_IMPORT not in imports)
-    hooks = [plain(h) for h in cfg.get("custom_hooks") or [] if h.get("type") != HOOK_TYPE]
-    hooks.append({"type": HOOK_TYPE, "interval": interval})
+    hooks = [plain(h) for h in cfg.get("custom_hooks") or []]
+    if not any(isinstance(h, dict) and h.get("type") == HOOK_TYPE for h in hooks):  # keep the user's own settings
+        hooks.append({"type": HOOK_TYPE, "interval": interval})
     allow_failed = bool(imports_cfg.get("allow_failed_imports", False))
     return (
         f"# Made by `synthaug wrap-config`: {config}, trained on its own data mixed with synthetic samples\n"
@@ -86,9 +91,14 @@ def write_mix_config(config: str, store: str, ratio: float, out: Path, seed: int
         raise ValueError(f"-o {out}: an mmseg config is a Python file; name it NAME.py")
     text = mix_config_text(config, store, ratio, out, seed, interval)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    made, base = load(str(out)).train_dataloader, load(config).train_dataloader
-    changed = [k for k in base if k != "dataset" and plain(base[k]) != plain(made.get(k))]
-    if changed or made.dataset.get("type") != MIX_TYPE:
-        raise RuntimeError(f"{out} does not keep {config}'s train_dataloader {changed}; please report this")
+    draft = out.with_name(f".{out.stem}.synthaug-draft.py")  # checked before it takes the name asked for
+    draft.write_text(text)
+    try:
+        made, base = load(str(draft)).train_dataloader, load(config).train_dataloader
+        changed = [k for k in base if k != "dataset" and plain(base[k]) != plain(made.get(k))]
+        if changed or made.dataset.get("type") != MIX_TYPE:
+            raise RuntimeError(f"{out} would not keep {config}'s train_dataloader {changed}; please report this")
+        os.link(draft, out)  # fails, rather than overwrite, if the name was taken meanwhile
+    finally:
+        draft.unlink(missing_ok=True)
     return out
