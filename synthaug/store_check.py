@@ -96,7 +96,7 @@ def check_paths(rec: dict[str, Any], segment: str, image_exts: tuple[str, ...]) 
     if rec["image"].rsplit(".", 1)[-1] not in image_exts:
         return f"image {rec['image']!r} is not one of the store's formats {list(image_exts)}"
     sid = rec.get("id")
-    if isinstance(sid, str):  # a record names its own files only, so no repair or purge of it touches another's
+    if check_id(rec, segment) is None:  # a record names its own files only: no repair or purge of it touches another's
         image_ext = rec["image"].rsplit(".", 1)[-1]
         if rec["image"] != sample_rel(segment, f"{sid}.{image_ext}") or rec["mask"] != sample_rel(
             segment, f"{sid}.mask.png"
