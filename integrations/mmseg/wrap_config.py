@@ -83,9 +83,8 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
 
 
 def write_mix_config(config: str, store: str, ratio: float, out: Path, seed: int = 0, interval: int = 50) -> Path:
-    """Write the mix config to `out` and check that it parses and keeps the base's loader settings."""
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"--ratio {ratio}: the expected synthetic share must be in (0, 1), e.g. --ratio 0.3")
+    """Write the mix config to `out` and check that it parses and keeps the base's loader settings (the ratio is
+    checked by synthaug.wrap_config.wrap_config, the one entry point)."""
     out = Path(out)
     if out.suffix != ".py":
         raise ValueError(f"-o {out}: an mmseg config is a Python file; name it NAME.py")
