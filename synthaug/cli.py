@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--purge-quarantine", action="store_true", help="delete the files an earlier --repair moved into quarantine/"
     )
     verify.add_argument("--sample", type=int, default=None, help="read back only N samples drawn at random")
-    verify.add_argument("--jobs", type=int, default=1, help="processes that read samples back (default: 1)")
+    verify.add_argument("--jobs", type=int, default=1, help="threads that read samples back (default: 1)")
     verify.set_defaults(func=_cmd_verify)
 
     st = sub.add_parser("stats", help="counts per class and segment, quality distribution")

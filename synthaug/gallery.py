@@ -33,7 +33,7 @@ def write_gallery(store_path: str | Path, out: str | Path, limit: int = 500, col
     """Write out/index.html, out/thumbs/*.png and out/contact_sheet.png for up to `limit` samples."""
     store = SampleStore(store_path)
     out = Path(out)
-    thumbs = out_dir(out, "thumbs")
+    thumbs = out_dir(out, "thumbs", store=store.root)
     vocab = store.vocabulary
     cards, tiles, quality_keys = [], [], set()
     for i in range(min(limit, len(store))):
@@ -75,7 +75,7 @@ def write_gallery(store_path: str | Path, out: str | Path, limit: int = 500, col
 const grid=document.getElementById('grid');const cards=[...grid.children];
 function update(){{const want=[...document.querySelectorAll('.cls:checked')].map(b=>b.value);
 const key=document.getElementById('sort').value;const desc=document.getElementById('desc').checked;
-let shown=cards.filter(c=>!want.length||want.some(w=>c.dataset.classes.split(' ').includes(w)));
+let shown=cards.filter(c=>!want.length||want.some(w=>JSON.parse(c.dataset.classes).includes(w)));
 if(key)shown.sort((a,b)=>{{const qa=JSON.parse(a.dataset.quality)[key]??-1e9,qb=JSON.parse(b.dataset.quality)[key]??-1e9;return desc?qb-qa:qa-qb;}});
 grid.replaceChildren(...shown);}}
 document.querySelectorAll('input,select').forEach(e=>e.addEventListener('change',update));
@@ -87,11 +87,12 @@ document.querySelectorAll('input,select').forEach(e=>e.addEventListener('change'
 
 
 def _card(sample: Sample, classes: list[str], thumb: str) -> str:
-    """One sample's card; every field from the store is HTML-escaped (ids, seeds, prompts and figures alike)."""
+    """One sample's card; every field from the store is HTML-escaped (ids, seeds, prompts and figures alike).
+    Its class names are a JSON list, so a name with a space ('potted plant') stays one name for the filter."""
     e = html.escape
     q = " ".join(f"{k}={v:.3f}" for k, v in sorted(sample.quality.items()))
     return (
-        f'<div class="card" data-classes="{e(" ".join(classes))}" data-quality="{e(json.dumps(sample.quality))}">'
+        f'<div class="card" data-classes="{e(json.dumps(classes))}" data-quality="{e(json.dumps(sample.quality))}">'
         f'<img src="thumbs/{e(thumb)}" alt="{e(str(sample.id))}" title="{e(str(sample.id))}">'
         f'<div class="p">{e(sample.prompt)}</div>'
         f'<div class="m">seed {e(str(sample.seed))} · {e(", ".join(classes))}</div>'

@@ -12,9 +12,14 @@ With a ratio schedule the length is fixed by the largest ratio; while the schedu
 lower, the surplus synthetic slots serve real samples (drawn from a seeded per-epoch
 permutation), so the served synthetic share follows the schedule.
 
-The pool grows with ``refresh()``: rank 0 takes a snapshot of the store, broadcasts it, and every
-rank adopts it; DataLoader workers (persistent or not) pick it up through shared memory at their
-next item. Corrupt samples are skipped and counted, never fatal.
+Where training is, and which snapshot of the store an epoch draws from, is the mix plan
+(synthaug.mix_plan): a planned sampler tags every index with its stream position, so each item carries
+its own epoch and iteration into the DataLoader worker that makes it, and each epoch's snapshot is
+decided once, in the main process, when that epoch is first planned (rank 0 takes it and broadcasts it).
+The plan is saved in checkpoints (`plan_state`), so a resumed run serves what an uninterrupted one would,
+and store growth is adopted at epoch boundaries. Without a planned sampler, plain indices follow the
+epoch and iteration that the integrations' hooks set, and `refresh()` adopts growth at once.
+Corrupt samples are skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 
 from synthaug.augment import MixAugment
+from synthaug.mix_plan import Layout, MixPlan, untag
 from synthaug.pool import EmptyPoolError, PoolParams, SyntheticPool
 from synthaug.sample import Sample
 from synthaug.store import SampleStore, wait_for_store
@@ -45,6 +51,7 @@ LOGGED_COUNTERS = ("synthetic_share", "pool_size", "served_synthetic", "served_r
 _MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
 _SNAPSHOT_BYTES = 1 << 18
 _MAX_CORRUPT_RETRIES = 16
+_PLAN_WAIT_S = 10.0  # how long a worker waits for the main process to plan an epoch it reached
 
 
 @dataclass
@@ -122,26 +129,53 @@ class RatioSchedule:
 
 
 class _SharedState:
-    """Epoch, iteration, counters and the adopted snapshot, in shared memory so that DataLoader workers see them."""
+    """What DataLoader workers must see of the main process, in shared memory: the clock the hooks move
+    (epoch, iteration), the layout of planned positions, the resume position, counters, and the published
+    snapshots (the latest one adopted and the recent epochs of the plan)."""
+
+    EPOCH, ITERATION, GENERATION, BATCH, WORLD, START = range(6)
 
     def __init__(self) -> None:
-        self.clock = torch.zeros(3, dtype=torch.int64).share_memory_()  # epoch, iteration, snapshot generation
+        self.clock = torch.zeros(6, dtype=torch.int64).share_memory_()
         self.counters = torch.zeros(_MAX_PROCS, len(COUNTERS), dtype=torch.int64).share_memory_()
         self.snapshot = torch.zeros(_SNAPSHOT_BYTES, dtype=torch.uint8).share_memory_()
         self.snapshot_len = torch.zeros(1, dtype=torch.int64).share_memory_()
 
-    def publish(self, snapshot: Mapping[str, int]) -> int:
-        data = json.dumps(dict(sorted(snapshot.items()))).encode()
+    def publish(self, latest: Mapping[str, int], plan: MixPlan) -> int:
+        """Write the latest snapshot and the plan's recent epochs for workers; returns the new generation.
+
+        The generation is odd while the buffer is written and even once it is whole (a sequence lock), so a
+        worker never parses a half-written buffer.
+        """
+        data = json.dumps({"latest": dict(sorted(latest.items())), "plan": plan.recent().state_dict()}).encode()
         if len(data) > _SNAPSHOT_BYTES:
-            raise ValueError(f"the store has too many segments ({len(snapshot)}) to share; merge some segments")
+            raise ValueError(f"the store has too many segments ({len(latest)}) to share; merge some segments")
+        self.clock[self.GENERATION] += 1
         self.snapshot[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         self.snapshot_len[0] = len(data)
-        self.clock[2] += 1
-        return int(self.clock[2])
+        self.clock[self.GENERATION] += 1
+        return int(self.clock[self.GENERATION])
 
-    def read_snapshot(self) -> dict[str, int]:
-        n = int(self.snapshot_len[0])
-        return json.loads(bytes(self.snapshot[:n].numpy())) if n else {}
+    def read(self, known: int) -> tuple[int, dict[str, int], MixPlan] | None:
+        """(generation, latest snapshot, plan) as last published, or None if it is still generation `known`."""
+        while True:
+            gen = int(self.clock[self.GENERATION])
+            if gen == known:
+                return None
+            if gen % 2 == 0:
+                n = int(self.snapshot_len[0])
+                raw = bytes(self.snapshot[:n].numpy())
+                if int(self.clock[self.GENERATION]) == gen:
+                    if not n:
+                        return gen, {}, MixPlan()
+                    data = json.loads(raw)
+                    return gen, data["latest"], MixPlan.from_state(data["plan"])
+            time.sleep(0.001)  # a publish is under way
+
+    @property
+    def layout(self) -> Layout | None:
+        batch, world = int(self.clock[self.BATCH]), int(self.clock[self.WORLD])
+        return Layout(batch, world) if batch else None
 
 
 def _proc_row() -> int:
@@ -200,7 +234,11 @@ class SyntheticMixDataset:
         self.synthetic_transform = synthetic_transform
         self.real_to_sample, self.sample_to_real = real_to_sample, sample_to_real
         self.state = _SharedState()
+        self.plan = MixPlan()
+        self._latest: dict[str, int] = {}
         self._generation = 0
+        self._seen: tuple[int, dict[str, int], MixPlan] = (0, {}, MixPlan())
+        self._fallback_warned = False
         self.pool: SyntheticPool | None = None
         self._lut: np.ndarray | None = None
         self._real_perm: tuple[int, np.ndarray] | None = None
@@ -220,6 +258,8 @@ class SyntheticMixDataset:
         self.refresh()
         if len(self.pool) == 0:
             self._wait_or_fail(empty, max(0.0, deadline - time.monotonic()), wait_timeout)
+        self.plan.snapshots[0] = dict(self._latest)  # epoch 0 draws from the snapshot the start adopted
+        self._generation = self.state.publish(self._latest, self.plan)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -268,25 +308,31 @@ class SyntheticMixDataset:
 
     @property
     def epoch(self) -> int:
-        return int(self.state.clock[0])
+        """The epoch the hooks last set (what plain indices and the counters use)."""
+        return int(self.state.clock[_SharedState.EPOCH])
 
     @property
     def iteration(self) -> int:
-        return int(self.state.clock[1])
+        return int(self.state.clock[_SharedState.ITERATION])
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's plan (samplers and hooks call this; workers see it at once)."""
-        self.state.clock[0] = int(epoch)
+        """Select the epoch's plan for plain indices (samplers and hooks call this; workers see it at once)."""
+        self.state.clock[_SharedState.EPOCH] = int(epoch)
 
     def set_iteration(self, iteration: int) -> None:
-        """Tell the ratio schedule where training is (the integrations' hooks call this)."""
-        self.state.clock[1] = int(iteration)
+        """Tell the ratio schedule where training is, for plain indices (the integrations' hooks call this)."""
+        self.state.clock[_SharedState.ITERATION] = int(iteration)
 
     def follow(self, iteration: int, images_per_iteration: int) -> None:
         """Tell the mix where training is: the iteration (for ratio schedules) and the pass over the data it
-        makes (the epoch of the draw, for loops that never call set_epoch). Hooks call this every iteration."""
+        makes (the epoch of the draw, for loops that never call set_epoch). Hooks call this every iteration;
+        indices from a planned sampler carry their own epoch and iteration instead."""
         self.set_iteration(iteration)
-        self.set_epoch(iteration // max(1, len(self) // max(1, images_per_iteration)))
+        layout = self.state.layout
+        if layout is not None:  # the epoch of the iteration's first sample, as the planned sampler counts it
+            self.set_epoch(layout.epoch(iteration * layout.batch_size, len(self)))
+        else:
+            self.set_epoch(iteration // max(1, len(self) // max(1, images_per_iteration)))
 
     def active_synthetic(self, iteration: int | None = None) -> int:
         """How many synthetic slots serve synthetic samples at `iteration` (all of them without a schedule)."""
@@ -310,6 +356,102 @@ class SyntheticMixDataset:
         assert self.pool is not None
         return "synthetic", int(self.pool.assignment(self.n_synthetic, epoch, self.seed)[k])
 
+    def place(self, key: int) -> tuple[int, int, int]:
+        """(index, epoch, iteration) of a dataset key: a planned sampler's tag carries them; a plain index
+        takes the hooks' clock. Also adopts the snapshot that epoch draws from, if it is not held."""
+        index, position = untag(key, len(self))
+        layout = self.state.layout
+        if position is None or layout is None:
+            epoch, iteration = self.epoch, self.iteration
+        else:
+            epoch, iteration = layout.epoch(position, len(self)), layout.iteration(position)
+        self._hold(epoch, planned=position is not None)
+        return index, epoch, iteration
+
+    # ------------------------------------------------------------------------------------------ the plan
+
+    @property
+    def planned(self) -> bool:
+        """Whether a planned sampler feeds this mix (then growth is adopted at epoch boundaries only)."""
+        return self.state.layout is not None
+
+    def set_layout(self, layout: Layout) -> None:
+        """Planned samplers call this: how stream positions map to epochs and iterations."""
+        self.state.clock[_SharedState.BATCH] = layout.batch_size
+        self.state.clock[_SharedState.WORLD] = layout.world_size
+
+    @property
+    def start_position(self) -> int:
+        """Where a planned sampler that runs in workers starts its stream (moved on resume, see resume_at)."""
+        return int(self.state.clock[_SharedState.START])
+
+    def resume_at(self, iteration: int) -> None:
+        """A trainer that does not replay its data on resume (detectron2) starts the stream at `iteration`."""
+        layout = self.state.layout
+        self.state.clock[_SharedState.START] = iteration * (layout.batch_size if layout else 1)
+
+    def plan_epoch(self, epoch: int) -> None:
+        """Decide `epoch`'s snapshot unless the plan holds it: what the store holds now (rank 0's, broadcast).
+        The main process calls this (every rank at the same point) before the epoch's first index leaves."""
+        if self.pool is None or epoch in self.plan.snapshots:
+            return
+        self.plan.snapshots[epoch] = self._agreed_snapshot()
+        self._generation = self.state.publish(self._latest, self.plan)
+
+    def plan_ahead(self, iteration: int, iterations: int) -> None:
+        """Plan every epoch up to `iterations` past `iteration` (for samplers that run in workers, which may
+        prefetch that far ahead of the main process)."""
+        layout = self.state.layout
+        if layout is None:
+            return
+        last = layout.epoch((iteration + iterations + 1) * layout.batch_size, len(self))
+        for epoch in range(max(self.plan.snapshots, default=-1) + 1, last + 1):
+            self.plan_epoch(epoch)
+
+    def plan_state(self) -> dict[str, Any]:
+        """The plan as a checkpoint holds it (small: one snapshot per distinct store state)."""
+        return {"seed": self.seed, "plan": self.plan.state_dict()}
+
+    def load_plan_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a checkpoint's plan: every epoch it planned draws from the snapshot it drew from then."""
+        saved = MixPlan.from_state(state.get("plan", {"epochs": {}, "snapshots": []}))
+        if int(state.get("seed", self.seed)) != self.seed:
+            log.warning("synthaug: the checkpoint's mix seed %s differs from %s: its plan is not restored",
+                        state.get("seed"), self.seed)  # fmt: skip
+            return
+        self.plan.snapshots.update(saved.snapshots)
+        self._generation = self.state.publish(self._latest, self.plan)
+
+    def _hold(self, epoch: int, planned: bool) -> None:
+        """Adopt the snapshot `epoch` draws from: the plan's for planned items, else the latest published."""
+        if self.pool is None:
+            return
+        self._seen = self.state.read(self._seen[0]) or self._seen
+        _, latest, plan = self._seen
+        snapshot = plan.snapshots.get(epoch) if planned else latest
+        if snapshot is None:
+            snapshot = self._unplanned(epoch, plan, wait=torch.utils.data.get_worker_info() is not None)
+        if snapshot != self.pool.snapshot:
+            self.pool.adopt(snapshot)
+
+    def _unplanned(self, epoch: int, plan: MixPlan, wait: bool) -> dict[str, int]:
+        """An epoch the main process has not planned yet: a worker waits for it a little; then (and at once in
+        the main process) the last planned epoch before it is drawn from (deterministic while the store does
+        not grow)."""
+        deadline = time.monotonic() + (_PLAN_WAIT_S if wait else 0.0)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._seen = self.state.read(self._seen[0]) or self._seen
+            plan = self._seen[2]
+            if epoch in plan.snapshots:
+                return plan.snapshots[epoch]
+        earlier = [e for e in plan.snapshots if e < epoch]
+        if wait and not self._fallback_warned:
+            log.warning("synthaug: epoch %d was not planned in time; it draws from epoch %s's snapshot",
+                        epoch, max(earlier, default=None))  # fmt: skip
+            self._fallback_warned = True
+        return plan.snapshots[max(earlier)] if earlier else self._seen[1]
+
     def _real_permutation(self, epoch: int) -> np.ndarray:
         if self._real_perm is None or self._real_perm[0] != epoch:
             self._real_perm = (epoch, np.random.default_rng([self.seed, epoch, 0xEA1]).permutation(self.n_real))
@@ -318,27 +460,25 @@ class SyntheticMixDataset:
     # ------------------------------------------------------------------------------------------ the pool
 
     def refresh(self) -> int:
-        """Adopt a new snapshot of the store (rank 0's, broadcast to every rank); returns the pool size.
-
-        Call it on every rank at the same iteration (the integrations' hooks do).
-        """
+        """Adopt a new snapshot of the store now (rank 0's, broadcast to every rank) for plain indices; returns
+        the pool size. Call it on every rank at the same iteration (the hooks do, without a planned sampler)."""
         if self.pool is None:
             return 0
+        self._latest = self._agreed_snapshot()
+        size = self.pool.adopt(self._latest)
+        self._generation = self.state.publish(self._latest, self.plan)
+        self._seen = (self._generation, dict(self._latest), self.plan.recent())
+        return size
+
+    def _agreed_snapshot(self) -> dict[str, int]:
+        """What the store holds now, as rank 0 sees it (every rank must call this at the same point)."""
+        assert self.pool is not None
         snapshot = self.pool.current_snapshot()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             box = [snapshot]
             torch.distributed.broadcast_object_list(box, src=0)
             snapshot = box[0]
-        size = self.pool.adopt(snapshot)
-        self._generation = self.state.publish(snapshot)
-        return size
-
-    def _sync(self) -> None:
-        """In a DataLoader worker: adopt the snapshot the main process published, if it changed."""
-        gen = int(self.state.clock[2])
-        if gen != self._generation and self.pool is not None:
-            self.pool.adopt(self.state.read_snapshot())
-            self._generation = gen
+        return snapshot
 
     @property
     def pool_size(self) -> int:
@@ -346,15 +486,14 @@ class SyntheticMixDataset:
 
     # ------------------------------------------------------------------------------------------ items
 
-    def __getitem__(self, index: int) -> Any:
-        self._sync()
-        kind, j = self.locate(index)
+    def __getitem__(self, key: int) -> Any:
+        index, epoch, iteration = self.place(key)
+        kind, j = self.locate(index, epoch, iteration)
         row = self.state.counters[_proc_row()]
         if kind == "real":
             row[0] += 1
-            return self._real_item(index, j)
+            return self._real_item(index, j, epoch)
         row[1] += 1
-        epoch = self.epoch
         sample = self._read_synthetic(j, index, epoch, row)
         rng = np.random.default_rng([self.seed, epoch, index, 0xA06])
         if self.augment is not None:
@@ -365,17 +504,15 @@ class SyntheticMixDataset:
                 sample = self.augment.blur(sample, rng)
         return self.synthetic_transform(sample) if self.synthetic_transform else sample
 
-    def _real_item(self, index: int, j: int) -> Any:
+    def _real_item(self, index: int, j: int, epoch: int) -> Any:
         item = self.real[j]
         aug = self.augment
         if aug is None or not aug.to_real or self.real_to_sample is None or self.sample_to_real is None:
             return item
-        rng = np.random.default_rng([self.seed, self.epoch, index, 0xA07])
+        rng = np.random.default_rng([self.seed, epoch, index, 0xA07])
         sample = self.real_to_sample(item)
         if aug.splice is not None and self.pool is not None and len(self.pool):
-            sample = aug.splice.paste(
-                sample, rng, self._drawer(rng, index, self.epoch, self.state.counters[_proc_row()])
-            )
+            sample = aug.splice.paste(sample, rng, self._drawer(rng, index, epoch, self.state.counters[_proc_row()]))
         if aug.blur is not None:
             sample = aug.blur(sample, rng)
         return self.sample_to_real(sample, item)
@@ -411,6 +548,7 @@ class SyntheticMixDataset:
 
     def counters(self) -> dict[str, float]:
         """Served real and synthetic samples, corrupt samples skipped, pool size, repeats this epoch, and the share."""
+        self._hold(self.epoch, planned=self.planned)  # the snapshot of the epoch being trained
         total = self.state.counters.sum(0).tolist()
         out: dict[str, float] = dict(zip(COUNTERS, total))
         out["pool_size"] = self.pool_size

@@ -30,6 +30,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -766,6 +767,9 @@ def _instances(rec: dict[str, Any], check: bool) -> list[Instance]:
 READERS = "readers"
 #: A reader lease older than this is taken for a reader that is gone (crashed, or finished without cleaning up).
 READER_LEASE_TTL_S = 6 * 3600.0
+#: A reader lease dated further ahead than this is not honoured: clock skew between hosts explains a few seconds,
+#: not more; a wrong clock or an edited file would otherwise hold the producer's retirement floor until that time.
+LEASE_CLOCK_SKEW_S = 60.0
 
 
 def plain_subdir(store: str | Path, name: str) -> Path:
@@ -799,16 +803,36 @@ def read_lease(path: Path) -> dict[str, Any] | None:
     return lease if ok and isinstance(lease.get("time"), (int, float)) else None
 
 
+def lease_time_problem(lease: dict[str, Any], now: float) -> str | None:
+    """Why a lease's time cannot be trusted (None when it can): not finite, or further in the future than
+    LEASE_CLOCK_SKEW_S; such a lease is stale, never honoured."""
+    ahead = lease["time"] - now
+    if not math.isfinite(ahead):
+        return f"its time {lease['time']!r} is not a finite number: producers ignore it; remove the file"
+    if ahead > LEASE_CLOCK_SKEW_S:
+        return (
+            f"its time is {ahead:.0f} s in the future (more than the {LEASE_CLOCK_SKEW_S:.0f} s of clock skew "
+            "tolerated): producers ignore it; check the reader host's clock and remove the file"
+        )
+    return None
+
+
+def lease_is_live(lease: dict[str, Any], now: float, ttl_s: float = READER_LEASE_TTL_S) -> bool:
+    """Whether producers honour `lease` at time `now`: written at most `ttl_s` ago, and not dated further ahead than
+    clock skew explains."""
+    return lease_time_problem(lease, now) is None and now - lease["time"] <= ttl_s
+
+
 def reader_floor(store: str | Path, ttl_s: float = READER_LEASE_TTL_S) -> int | None:
     """The smallest retired.jsonl offset a live reader's snapshot has seen (None: no live reader).
-    Malformed lease files are skipped (`verify` reports them)."""
+    Malformed, expired and future-dated lease files are skipped (`verify` reports the malformed and future ones)."""
     now, floor = time.time(), None
     folder = Path(store) / READERS
     if not is_plain_dir(folder):
         return None
     for path in folder.glob("*.json"):
         lease = read_lease(path)
-        if lease is not None and now - lease["time"] <= ttl_s:
+        if lease is not None and lease_is_live(lease, now, ttl_s):
             floor = lease["retired_offset"] if floor is None else min(floor, lease["retired_offset"])
     return floor
 

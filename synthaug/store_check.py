@@ -190,6 +190,20 @@ def resolve_inside(root_real: str, root: Path, rel: str) -> str:
     return real
 
 
+def lies_within(path: Path, root: Path) -> bool:
+    """Whether `path`, symbolic links resolved (those of a part that does not exist yet too), is folder `root` or
+    lies inside it; compared by device and inode, so another spelling of the same folder is caught as well."""
+    root_stat = os.stat(root)
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        try:
+            if os.path.samestat(os.stat(folder), root_stat):
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not created yet: its parents decide
+    return False
+
+
 def is_plain_dir(path: Path) -> bool:
     """A real folder, not a symbolic link to one."""
     try:

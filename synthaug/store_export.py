@@ -1,8 +1,8 @@
 """Exports of a store: mmseg folders, COCO JSON (RLE), and WebDataset tar shards, so a store is never a lock-in.
 
-Every export writes only under its output folder: each folder on the way must be a real folder (not a
-link planted by an earlier export), each file name is a plain name, and a file that exists is
-replaced, never written through. Sample files are read only through the store's containment checks.
+Every export writes only under its output folder, never into the store it reads (links resolved): each
+folder on the way must be a real folder (not a link planted by an earlier export), each file name is a
+plain name, and a file that exists is replaced, never written through. Sample files are read only through the store's containment checks.
 Images are copied by default; hard links (``link=True``) share the store's bytes, so editing such an
 export would edit the store.
 """
@@ -20,20 +20,33 @@ from typing import Any
 from synthaug.imageio import mask_to_png
 from synthaug.sample import Sample
 from synthaug.store import SampleStore, StoreError
-from synthaug.store_check import SAMPLE_FILE, is_plain_dir
+from synthaug.store_check import SAMPLE_FILE, is_plain_dir, lies_within
 
 FORMATS = ("mmseg", "coco", "webdataset")
 #: Record fields a WebDataset sample's .json carries (everything but the store's own file paths).
 WDS_FIELDS = ("id", "height", "width", "prompt", "seed", "classes", "instances", "quality", "fingerprint", "created")
 
 
-def out_dir(out: Path, *parts: str) -> Path:
+def refuse_store_folder(folder: Path, out: Path, store: Path) -> None:
+    """A StoreError naming both if `folder` (one this tool writes into, under output folder `out`) is the store or
+    lies inside it, symbolic links resolved: exports and galleries read a store, never write into it."""
+    if lies_within(folder, store):
+        where = "" if folder == out else f" ({folder} is in it)"
+        raise StoreError(
+            f"the output folder {out} would write into the store {store}{where}: export and show never write into "
+            "the store they read; choose an output folder outside it"
+        )
+
+
+def out_dir(out: Path, *parts: str, store: Path) -> Path:
     """Folder out/<parts...>, created; refused (StoreError) if a folder on the way is a symbolic link (one planted
-    in an old export could lead anywhere), so an export writes only under its output folder."""
+    in an old export could lead anywhere) or lies in the `store` read, so a tool writes only under its output folder."""
+    refuse_store_folder(out, out, store)
     out.mkdir(parents=True, exist_ok=True)
     folder = out
     for part in parts:
         folder = folder / part
+        refuse_store_folder(folder, out, store)
         if os.path.lexists(folder) and not is_plain_dir(folder):
             raise StoreError(
                 f"{folder} is a symbolic link or not a folder: it could lead outside the output folder {out}; "
@@ -73,7 +86,9 @@ def export(
         written = _export_webdataset(store, out, split, shard_size)
     else:
         written = _export_folders(store, out, fmt, split, link)
-    out_file(out_dir(out), "classes.json").write_text(json.dumps(store.vocabulary.to_dict(), indent=2) + "\n")
+    out_file(out_dir(out, store=store.root), "classes.json").write_text(
+        json.dumps(store.vocabulary.to_dict(), indent=2) + "\n"
+    )
     for sid, reason in {**store.stats.corrupt, **store.stats.denied}.items():
         print(f"skipped sample {sid}: {reason}", flush=True)
     return written
@@ -81,8 +96,8 @@ def export(
 
 def _export_folders(store: SampleStore, out: Path, fmt: str, split: str, link: bool) -> int:
     """mmseg img_dir/ann_dir, or COCO images/ + annotations/instances_<split>.json."""
-    img_dir = out_dir(out, "img_dir" if fmt == "mmseg" else "images", split)
-    ann_dir = out_dir(out, "ann_dir", split) if fmt == "mmseg" else None
+    img_dir = out_dir(out, "img_dir" if fmt == "mmseg" else "images", split, store=store.root)
+    ann_dir = out_dir(out, "ann_dir", split, store=store.root) if fmt == "mmseg" else None
     coco = _coco_header(store)
     written = 0
     for rec in store.records:
@@ -97,7 +112,7 @@ def _export_folders(store: SampleStore, out: Path, fmt: str, split: str, link: b
             _coco_add(coco, sample, rec, f"{split}/{name}")
         written += 1
     if ann_dir is None:
-        out_file(out_dir(out, "annotations"), f"instances_{split}.json").write_text(json.dumps(coco))
+        out_file(out_dir(out, "annotations", store=store.root), f"instances_{split}.json").write_text(json.dumps(coco))
     return written
 
 
@@ -112,7 +127,7 @@ def _export_webdataset(store: SampleStore, out: Path, split: str, shard_size: in
     and <key>.json (the record without its paths): the format large jobs stream from shared or object storage."""
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size} must be >= 1")
-    folder = out_dir(out)
+    folder = out_dir(out, store=store.root)
     readable = [rec for rec in store.records if store.try_read_record(rec) is not None]
     for start in range(0, len(readable), shard_size):
         with tarfile.open(out_file(folder, f"{split}-{start // shard_size:06d}.tar"), "w") as tar:

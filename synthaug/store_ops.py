@@ -9,10 +9,13 @@ live, and exits non-zero while problems remain.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
-import multiprocessing as mp
 import os
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from synthaug.store import (
     SampleStore,
     UnsafeRecordError,
     append_log,
+    lease_time_problem,
     read_lease,
 )
 from synthaug.store_check import SEGMENT_NAME, Problem, UnsafePathError
@@ -180,16 +184,12 @@ def _failure(store: SampleStore, rec: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-_WORKER: tuple[SampleStore, list[dict[str, Any]]] | None = None  # what forked verify workers read
-
-
-def _check_span(span: tuple[int, int]) -> tuple[int, list[tuple[int, str, str]]]:
-    """In a forked worker: the failures among records [start, stop) of the parent's list."""
-    assert _WORKER is not None
-    store, records = _WORKER
+def _check_span(store: SampleStore, records: list[dict[str, Any]], span: tuple[int, int]) -> tuple[int, list]:
+    """The failures among records [start, stop), as (index, kind, reason)."""
+    reader = copy.copy(store)  # its own folder descriptors, which no other thread closes or shares
     out = []
     for i in range(*span):
-        bad = _failure(store, records[i])
+        bad = _failure(reader, records[i])
         if bad:
             out.append((i, *bad))
     return span[1] - span[0], out
@@ -198,24 +198,24 @@ def _check_span(span: tuple[int, int]) -> tuple[int, list[tuple[int, str, str]]]
 def _failures(
     store: SampleStore, records: list[dict[str, Any]], jobs: int, progress: bool
 ) -> list[tuple[int, str, str]]:
-    """(index, kind, reason) of every failing record, read in `jobs` forked processes (1: in this one)."""
-    global _WORKER
+    """(index, kind, reason) of every failing record, read in `jobs` threads (1: in this one).
+
+    Threads, not forked processes: a fork of a process that already runs threads (torch's, a logger's) can
+    inherit a held lock and hang; decoding and file reads release the GIL, so threads still overlap them.
+    """
     spans = [(i, min(i + 256, len(records))) for i in range(0, len(records), 256)]
     out: list[tuple[int, str, str]] = []
-    _WORKER = (store, records)
-    try:
-        with tqdm(total=len(records), desc="verify", unit="sample", disable=not progress) as bar:
-            if jobs > 1 and len(spans) > 1:
-                with mp.get_context("fork").Pool(jobs) as pool:  # workers inherit the opened store
-                    for n, bad in pool.imap(_check_span, spans):
-                        out += bad
-                        bar.update(n)
-            else:
-                for n, bad in map(_check_span, spans):
+    check = functools.partial(_check_span, store, records)
+    with tqdm(total=len(records), desc="verify", unit="sample", disable=not progress) as bar:
+        if jobs > 1 and len(spans) > 1:
+            with ThreadPoolExecutor(jobs) as pool:
+                for n, bad in pool.map(check, spans):
                     out += bad
                     bar.update(n)
-    finally:
-        _WORKER = None
+        else:
+            for n, bad in map(check, spans):
+                out += bad
+                bar.update(n)
     return sorted(out)
 
 
@@ -266,9 +266,10 @@ def _status_problem(path: Path) -> str | None:
 
 def _lease_problem(path: Path) -> str | None:
     """Why a reader lease is skipped by producers (None when it is honoured)."""
-    if read_lease(path) is None:
+    lease = read_lease(path)
+    if lease is None:
         return "not a plain file holding an integer retired_offset and a time: producers ignore it"
-    return None
+    return lease_time_problem(lease, time.time())
 
 
 def _check_segment(store: SampleStore, seg: str, report: VerifyReport, repair: bool) -> None:

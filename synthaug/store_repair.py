@@ -3,12 +3,13 @@
 Nothing is deleted here: a corrupt sample's files and a crashed writer's leftovers are moved into
 ``quarantine/`` (each move logged in ``quarantine/moved.jsonl``), and a bad log line is overwritten
 with spaces of the same length (so every reader's byte offsets stay right) after its text is saved
-in ``quarantine/lines.jsonl``. Only ``purge_quarantine`` deletes, and only what is in quarantine/.
-Every path is checked to stay inside the store before it is touched.
+in ``quarantine/lines.jsonl``. Only ``purge_quarantine`` deletes, and only what is in quarantine/
+(a real folder, never a link). Every path is checked to stay inside the store before it is touched.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -121,21 +122,41 @@ def blank_lines(root: Path, rel: str, lines: set[int]) -> int:
         os.close(fd)
 
 
+def open_quarantine(root: Path) -> int | None:
+    """A descriptor of STORE/quarantine/ opened without following links (None if there is none), so a purge
+    deletes only in the store's own folder: a StoreError, naming the path, if it is a link or not a folder."""
+    qdir = root / QUARANTINE_DIR
+    try:
+        return os.open(qdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        what = f"a symbolic link to {os.readlink(qdir)}" if os.path.islink(qdir) else "not a folder"
+        raise StoreError(
+            f"{qdir} is {what}, not the store's own quarantine folder: nothing was deleted; "
+            "check what it holds, remove the link (or file), then run `synthaug verify --repair` again"
+        ) from None
+
+
 def purge_quarantine(path: str | Path) -> int:
     """Delete the files `verify --repair` moved into quarantine/ (its logs stay); returns how many.
     The explicit, separate step after which quarantined files are gone for good."""
     root = Path(path)
-    qdir = root / QUARANTINE_DIR
     lock = take_repair_lock(root)
     try:
-        if not os.path.lexists(qdir):
+        fd = open_quarantine(root)
+        if fd is None:
             return 0
-        qdir = plain_subdir(root, QUARANTINE_DIR)
-        gone = 0
-        for e in os.scandir(qdir):
-            if e.is_file(follow_symlinks=False) and e.name not in (MOVED_LOG, LINES_LOG):
-                os.unlink(e.path)
-                gone += 1
-        return gone
+        try:
+            gone = 0
+            for e in os.scandir(fd):
+                if e.is_file(follow_symlinks=False) and e.name not in (MOVED_LOG, LINES_LOG):
+                    os.unlink(e.name, dir_fd=fd)
+                    gone += 1
+            return gone
+        finally:
+            os.close(fd)
     finally:
         lock.release()

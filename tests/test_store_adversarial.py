@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -358,6 +359,34 @@ def test_garbled_store_json_and_side_files_are_named(world):
     (store / "store.json").write_text("{")
     with pytest.raises(StoreError, match=r"store.json is not a valid store description"):
         SampleStore(store)
+
+
+@pytest.mark.parametrize("ahead", [30 * 86400.0, float("inf")])
+def test_reader_lease_dated_in_the_future_is_stale_and_reported_not_honoured_forever(world, ahead):
+    """A lease whose time is further ahead than clock skew explains (a wrong clock, an edited file) would hold
+    the producer's retirement floor until that time came: it is ignored and `verify` names it. A lease a few
+    seconds ahead (skew between hosts) is still honoured."""
+    from synthaug.config import GenerationConfig
+    from synthaug.producer import Producer
+    from synthaug.store import reader_floor
+
+    store, outside, before = world
+    retire(store, ["w0-00000000"])
+    retired_image = store / SampleStore(store).all_records[0]["image"]
+    (store / "readers").mkdir()
+    skewed = store / "readers" / "host-1.json"
+    skewed.write_text(json.dumps({"retired_offset": 0, "time": time.time() + 30, "pid": 1}))
+    assert reader_floor(store) == 0  # 30 s ahead: within the tolerated skew, honoured
+    producer = Producer(GenerationConfig(), store, segment="w0", retire_grace_s=0)
+    producer._purge(SampleStore(store))
+    assert retired_image.exists()  # the honoured lease predates the retirement: its files stay
+    skewed.unlink()
+    (store / "readers" / "host-2.json").write_text(json.dumps({"retired_offset": 0, "time": time.time() + ahead}))
+    assert reader_floor(store) is None
+    producer._purge(SampleStore(store))
+    assert not retired_image.exists()  # the retirement goes ahead: the future lease holds nothing back
+    why = "in the future" if ahead < float("inf") else "not a finite number"
+    _ends_well(store, outside, before, "readers/host-2.json:1: bad status file", why)
 
 
 def test_symlinked_log_and_lease_folders_are_never_read_or_written_through(world, caplog):

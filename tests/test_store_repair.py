@@ -36,8 +36,9 @@ WRITER = str(HERE / "store_writer_proc.py")
 
 
 def _start_writer(path: Path, segment: str, first: int) -> Any:
-    """A writer process that keeps writing until killed; returns once its first sample is committed."""
-    proc = _spawn(WRITER, str(path), segment, str(first), "1000000", "0", "0.01")
+    """A writer process that keeps writing until killed (or for about 5 minutes at most); returns once its first
+    sample is committed."""
+    proc = _spawn(WRITER, str(path), segment, str(first), "20000", "0", "0.01")
     assert proc.stdout.readline().strip() == str(first), proc.stderr.read()
     return proc
 
@@ -96,13 +97,17 @@ def test_repair_racing_two_live_writers_loses_no_committed_sample(tmp_path):
     create_store(path, TOY_VOCABULARY)
     committed: list[int] = []
     for rnd in range(6):
-        writers = [_start_writer(path, f"r{rnd}w{k}", rnd * 100_000 + k * 10_000) for k in range(2)]
-        for _ in range(3):
-            report = verify(path, repair=True)
-            assert len(report.busy) == 2 and not report.remaining, report.summary()
-            time.sleep(0.05)
-        for w in writers:
-            committed += _kill(w)
+        writers: list[Any] = []
+        try:
+            for k in range(2):
+                writers.append(_start_writer(path, f"r{rnd}w{k}", rnd * 100_000 + k * 10_000))
+            for _ in range(3):
+                report = verify(path, repair=True)
+                assert len(report.busy) == 2 and not report.remaining, report.summary()
+                time.sleep(0.05)
+        finally:  # a failed check must not leave writers filling the disk for the rest of the run
+            for w in writers:
+                committed += _kill(w)
         report = verify(path, repair=True)
         assert not report.busy and not report.remaining, report.summary()
     store = SampleStore(path)
@@ -199,3 +204,23 @@ def test_permission_denied_is_reported_as_such_never_as_corruption():
         assert _tree(outside) == before
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("target", ["a folder outside the store", "the store's own samples folder"])
+def test_purge_quarantine_refuses_a_quarantine_that_is_a_symbolic_link(tmp_path, target):
+    """STORE/quarantine linked elsewhere: the purge names the link and says to remove it, in one line and exit 2
+    (not a traceback), and deletes nothing, neither where the link points nor in the store."""
+    path = _fill(tmp_path / "s", range(3))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.png").write_bytes(b"must survive")
+    link = path / "quarantine"
+    link.symlink_to(outside if target.startswith("a folder") else path / SEGMENTS / "w0" / "samples")
+    before_outside, before_store = _tree(outside), _tree(path)
+    code, err = _cli_err(["verify", str(path), "--repair", "--purge-quarantine"])
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{link} is a symbolic link" in err and "remove the link" in err and "nothing was deleted" in err, err
+    assert _tree(outside) == before_outside
+    assert {k: v for k, v in _tree(path).items() if k != REPAIR_LOCK} == before_store  # the lock is the store's own
+    store = SampleStore(path)
+    assert len(store) == 3 and all(store.try_read_record(r) is not None for r in store.records)

@@ -234,7 +234,70 @@ def step_detectron2_official(python: Path) -> bool:
     return True
 
 
+def download_sal_detectron2(python: Path, tmpd: Path, hint: str) -> Path:
+    """Download the sal-detectron2 cp310 wheel into tmpd/dl and unpack it into tmpd/src; the unpacked tree, to edit."""
+    run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.10",
+            "-d",
+            str(tmpd / "dl"),
+            SAL_DETECTRON2,
+        ],
+        "detectron2 download",
+        SAL_DETECTRON2,
+        hint,
+    )
+    wheel = next((tmpd / "dl").glob("*.whl"))
+    run(
+        [str(python), "-m", "wheel", "unpack", "-d", str(tmpd / "src"), str(wheel)],
+        "detectron2 unpack",
+        SAL_DETECTRON2,
+        hint,
+    )
+    return next((tmpd / "src").iterdir())
+
+
+def make_pure_python(src: Path) -> None:
+    """Edit the unpacked wheel into a pure-Python one that installs on any Python: no _C, tag py3-none-any, fixed deps."""
+    for so in src.rglob("_C*.so"):
+        so.unlink()
+    dist_info = next(src.glob("*.dist-info"))
+    wheel_meta = dist_info / "WHEEL"
+    lines = [ln for ln in wheel_meta.read_text().splitlines() if ln and not ln.startswith(("Tag:", "Root-Is-Purelib:"))]
+    wheel_meta.write_text("\n".join([*lines, "Root-Is-Purelib: true", "Tag: py3-none-any"]) + "\n")
+    meta = dist_info / "METADATA"
+    # The code imports fvcore and iopath, which the metadata forgot. Its numpy<2 pin predates
+    # numpy 2; synthaug's detectron2 tests run it on numpy 2.x, so the pin is lifted.
+    text = meta.read_text().replace(
+        "Requires-Dist: numpy<2\n",
+        "Requires-Dist: numpy\nRequires-Dist: fvcore<0.1.6,>=0.1.5\nRequires-Dist: iopath<0.1.10,>=0.1.7\n",
+    )
+    meta.write_text(text)
+    (dist_info / "RECORD").write_text("")
+
+
+def pack_and_install_detectron2(python: Path, tmpd: Path, src: Path, hint: str) -> None:
+    """Pack the edited tree into a wheel in tmpd/out and pip-install it with the torch pins, so torch stays as it is."""
+    (tmpd / "out").mkdir()
+    run(
+        [str(python), "-m", "wheel", "pack", "-d", str(tmpd / "out"), str(src)],
+        "detectron2 pack",
+        SAL_DETECTRON2,
+        hint,
+    )
+    repacked = next((tmpd / "out").glob("*.whl"))
+    run(pip(python, str(repacked), *TORCH), "detectron2 install", SAL_DETECTRON2, hint)
+
+
 def step_detectron2_fallback(python: Path) -> None:
+    """detectron2 without a compiler: the sal-detectron2 wheel repacked as pure Python, then checked that it imports."""
     if detectron2_present(python):
         say("detectron2: present")
         return
@@ -245,58 +308,9 @@ def step_detectron2_fallback(python: Path) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
-        run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--python-version",
-                "3.10",
-                "-d",
-                str(tmpd / "dl"),
-                SAL_DETECTRON2,
-            ],
-            "detectron2 download",
-            SAL_DETECTRON2,
-            hint,
-        )
-        wheel = next((tmpd / "dl").glob("*.whl"))
-        run(
-            [str(python), "-m", "wheel", "unpack", "-d", str(tmpd / "src"), str(wheel)],
-            "detectron2 unpack",
-            SAL_DETECTRON2,
-            hint,
-        )
-        src = next((tmpd / "src").iterdir())
-        for so in src.rglob("_C*.so"):
-            so.unlink()
-        dist_info = next(src.glob("*.dist-info"))
-        wheel_meta = dist_info / "WHEEL"
-        lines = [
-            ln for ln in wheel_meta.read_text().splitlines() if ln and not ln.startswith(("Tag:", "Root-Is-Purelib:"))
-        ]
-        wheel_meta.write_text("\n".join([*lines, "Root-Is-Purelib: true", "Tag: py3-none-any"]) + "\n")
-        meta = dist_info / "METADATA"
-        # The code imports fvcore and iopath, which the metadata forgot. Its numpy<2 pin predates
-        # numpy 2; synthaug's detectron2 tests run it on numpy 2.x, so the pin is lifted.
-        text = meta.read_text().replace(
-            "Requires-Dist: numpy<2\n",
-            "Requires-Dist: numpy\nRequires-Dist: fvcore<0.1.6,>=0.1.5\nRequires-Dist: iopath<0.1.10,>=0.1.7\n",
-        )
-        meta.write_text(text)
-        (dist_info / "RECORD").write_text("")
-        (tmpd / "out").mkdir()
-        run(
-            [str(python), "-m", "wheel", "pack", "-d", str(tmpd / "out"), str(src)],
-            "detectron2 pack",
-            SAL_DETECTRON2,
-            hint,
-        )
-        repacked = next((tmpd / "out").glob("*.whl"))
-        run(pip(python, str(repacked), *TORCH), "detectron2 install", SAL_DETECTRON2, hint)
+        src = download_sal_detectron2(python, tmpd, hint)
+        make_pure_python(src)
+        pack_and_install_detectron2(python, tmpd, src, hint)
     if not detectron2_present(python):
         raise StepFailed(
             "step 'detectron2' installed the wheel but `import detectron2.modeling` fails.\n  Try: run it by hand in the venv to see why."

@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -76,7 +77,31 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], step: int, m
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def main(argv: list[str] | None = None) -> int:
+class ToyRun:
+    """What a training run carries from step to step: its options, models, optimiser, EMA copy, clock and loss."""
+
+    # A plain class, not a dataclass: tests load this script by path, with no sys.modules entry,
+    # which @dataclass needs to resolve the postponed annotations.
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        """Seed torch and build fresh models, EMA copy and optimiser, in a fixed order so a seed reproduces a run."""
+        torch.manual_seed(args.seed)
+        torch.set_num_threads(args.threads)
+        self.args = args
+        self.tokenizer = build_tokenizer()
+        self.text_encoder = build_text_encoder(self.tokenizer, args.text_width)
+        self.unet = build_unet(cross_attention_dim=args.text_width, block_out_channels=args.unet_channels)
+        self.scheduler = build_scheduler("ddpm")
+        self.params = [p for m in (self.unet, self.text_encoder) for p in m.parameters()]
+        self.ema = [p.detach().clone() for p in self.params]
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01)
+        self.start = 0.0  # set when the first step starts
+        self.gen: torch.Generator | None = None  # the noise and timestep generator, seeded with the first step
+        self.running: float | None = None  # moving average of the loss
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: run length, optimiser, seed, model size, where to save and how often."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=SHIPPED_MODEL_DIR)
     ap.add_argument("--steps", type=int, default=7000)
@@ -104,97 +129,108 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also copy each checkpoint to DIR/step-N, to pick one on a tuning set (by default each overwrites --out)",
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    tokenizer = build_tokenizer()
-    text_encoder = build_text_encoder(tokenizer, args.text_width)
-    unet = build_unet(cross_attention_dim=args.text_width, block_out_channels=args.unet_channels)
-    scheduler = build_scheduler("ddpm")
-    params = [p for m in (unet, text_encoder) for p in m.parameters()]
-    ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+
+def model_card(run: ToyRun, step: int, final: bool) -> dict[str, Any]:
+    """The model card saved with a checkpoint: how to sample the model and how it was trained, for reproduction."""
+    args = run.args
+    return {
+        "name": "synthaug toy shapes model",
+        "text_mask_policy": MASK_POLICY,
+        "resolution": UNET_CONFIG["sample_size"],
+        "vae": None,
+        "default_steps": 25,
+        "default_guidance": 3.0,
+        "training": {
+            "seed": args.seed,
+            "steps_done": step,
+            "steps_planned": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "ema_decay": args.ema,
+            "threads": args.threads,
+            "final": final,
+            "loss_ema_final": round(run.running, 5) if run.running is not None else None,
+            "wall_time_min": round((time.monotonic() - run.start) / 60, 1),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.processor(),
+            "recipe": "v-prediction, cosine schedule, min-SNR-5, CFG dropout 0.1, AdamW + cosine LR, EMA",
+        },
+        "unet_params": sum(p.numel() for p in run.unet.parameters()),
+        "text_encoder_params": sum(p.numel() for p in run.text_encoder.parameters()),
+    }
+
+
+def save_ema_model(run: ToyRun, step: int, final: bool) -> None:
+    """Save the EMA weights (what ships) to --out: swap them in, save, swap the training weights back."""
+    backup = [p.detach().clone() for p in run.params]
+    with torch.no_grad():
+        for p, e in zip(run.params, run.ema):
+            p.copy_(e)
+    save_model(run.args.out, run.unet, run.text_encoder, run.tokenizer, model_card(run, step, final))
+    with torch.no_grad():
+        for p, b in zip(run.params, backup):
+            p.copy_(b)
+
+
+def train_step(run: ToyRun, step: int) -> float:
+    """One optimiser step on a fresh batch (v-prediction, min-SNR-5 weights, clipped gradients, EMA); its loss."""
+    args, scheduler = run.args, run.scheduler
+    x0, captions = draw_batch(step, args.batch, args.seed, step / args.steps)
+    text = encode_text(run.tokenizer, run.text_encoder, captions, MASK_POLICY)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=run.gen)
+    noise = torch.randn(x0.shape, generator=run.gen)
+    xt = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    pred = run.unet(xt, t, text.embeddings, encoder_attention_mask=text.encoder_mask).sample
     alphas = scheduler.alphas_cumprod
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "train_log.csv"
-    log_file = log_path.open("w", newline="")
+    snr = alphas[t] / (1 - alphas[t])
+    weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 for v-prediction
+    loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(step, args.steps, args.lr)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    ema_update(run.ema, run.params, step, args.ema)
+    return loss.item()
+
+
+def train(run: ToyRun, log_file: TextIO) -> None:
+    """Run every step: log the loss to the CSV every 25 steps (and the last), checkpoint every --checkpoint-every."""
+    args = run.args
     log = csv.writer(log_file)
     log.writerow(["step", "loss", "lr", "elapsed_s"])
-    start = time.monotonic()
-    gen = torch.Generator().manual_seed(args.seed)
-    running = None
-
-    def save(step: int, final: bool) -> None:
-        # Ship the EMA weights: swap them in, save, swap back.
-        backup = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
-        card = {
-            "name": "synthaug toy shapes model",
-            "text_mask_policy": MASK_POLICY,
-            "resolution": UNET_CONFIG["sample_size"],
-            "vae": None,
-            "default_steps": 25,
-            "default_guidance": 3.0,
-            "training": {
-                "seed": args.seed,
-                "steps_done": step,
-                "steps_planned": args.steps,
-                "batch": args.batch,
-                "lr": args.lr,
-                "ema_decay": args.ema,
-                "threads": args.threads,
-                "final": final,
-                "loss_ema_final": round(running, 5) if running is not None else None,
-                "wall_time_min": round((time.monotonic() - start) / 60, 1),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "machine": platform.processor(),
-                "recipe": "v-prediction, cosine schedule, min-SNR-5, CFG dropout 0.1, AdamW + cosine LR, EMA",
-            },
-            "unet_params": sum(p.numel() for p in unet.parameters()),
-            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
-        }
-        save_model(args.out, unet, text_encoder, tokenizer, card)
-        with torch.no_grad():
-            for p, b in zip(params, backup):
-                p.copy_(b)
-
+    run.start = time.monotonic()
+    run.gen = torch.Generator().manual_seed(args.seed)
     bar = tqdm(range(args.steps), desc="train toy model", unit="step", mininterval=5)
     for step in bar:
-        x0, captions = draw_batch(step, args.batch, args.seed, step / args.steps)
-        text = encode_text(tokenizer, text_encoder, captions, MASK_POLICY)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        xt = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t)
-        pred = unet(xt, t, text.embeddings, encoder_attention_mask=text.encoder_mask).sample
-        snr = alphas[t] / (1 - alphas[t])
-        weight = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 for v-prediction
-        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_update(ema, params, step, args.ema)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        loss = train_step(run, step)
+        run.running = loss if run.running is None else 0.98 * run.running + 0.02 * loss
+        bar.set_postfix(loss=f"{run.running:.4f}", refresh=False)
         if step % 25 == 0 or step == args.steps - 1:
             log.writerow(
-                [step, f"{loss.item():.5f}", f"{opt.param_groups[0]['lr']:.2e}", f"{time.monotonic() - start:.1f}"]
+                [step, f"{loss:.5f}", f"{run.opt.param_groups[0]['lr']:.2e}", f"{time.monotonic() - run.start:.1f}"]
             )
             log_file.flush()  # so the loss log can be followed during the run
         if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
-            save(step + 1, final=False)
+            save_ema_model(run, step + 1, final=False)
             if args.keep_checkpoints is not None:
                 shutil.copytree(args.out, args.keep_checkpoints / f"step-{step + 1}", dirs_exist_ok=True)
-    log_file.close()
-    save(args.steps, final=True)
-    print(json.dumps({"steps": args.steps, "loss_ema": running, "minutes": (time.monotonic() - start) / 60}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, log the loss to --out/train_log.csv, save the final EMA model to --out, print a JSON summary."""
+    args = parse_args(argv)
+    run = ToyRun(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "train_log.csv").open("w", newline="") as log_file:
+        train(run, log_file)
+    save_ema_model(run, args.steps, final=True)
+    print(json.dumps({"steps": args.steps, "loss_ema": run.running, "minutes": (time.monotonic() - run.start) / 60}))
     return 0
 
 

@@ -16,6 +16,7 @@ train_dataloader = dict(  # synthaug: wrap VOC's training set (train + aug) as i
         policy="class_balanced",
         min_quality=dict(mean_confidence=0.5),
         augment=dict(splice=dict(p_grid=0.3), blur=dict(p_gaussian=0.2, p_edge=0.2)),
-    )
+    ),
+    batch_sampler=dict(type="SynthaugBatchSampler"),  # synthaug: the planned draw, saved in checkpoints
 )
 custom_hooks = [dict(type="SyntheticPoolHook", interval=500)]  # synthaug

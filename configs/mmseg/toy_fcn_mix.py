@@ -12,7 +12,8 @@ train_dataloader = dict(  # synthaug: wrap the real training set
         ratio=0.5,
         seed=0,
         augment=dict(splice=dict(p_grid=0.3), blur=dict(p_gaussian=0.2, p_edge=0.2)),
-    )
+    ),
+    batch_sampler=dict(type="SynthaugBatchSampler"),  # synthaug: the planned draw, saved in checkpoints
 )
-# synthaug: adopt new samples every 50 iterations; every 200, a grid of the synthetic inputs goes to the visualiser
+# synthaug: new samples are adopted at each epoch's start; every 200 iterations, a grid of the synthetic inputs goes to the visualiser
 custom_hooks = [dict(type="SyntheticPoolHook", interval=50, vis_interval=200)]

@@ -285,6 +285,9 @@ def build_synthaug_train_loader(
         num_workers=num_workers,
         aspect_ratio_grouping=aspect_ratio_grouping,
     )
+    from synthaug.integrations.detectron2.loader import plan_samplers
+
+    plan_samplers(loader, dataset.mix, total_batch_size)
     return SynthaugTrainLoader(
         loader,
         dataset.mix,

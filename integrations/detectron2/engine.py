@@ -131,7 +131,7 @@ class SyntheticPoolHook(HookBase):
 
     def before_step(self) -> None:
         it = self.trainer.iter
-        if it and it % self.interval == 0:
+        if not self.mix.planned and it and it % self.interval == 0:  # planned: new samples join at epoch starts
             self.mix.refresh()
         self.mix.follow(it, self.images_per_iter)
 
@@ -178,6 +178,7 @@ def with_synthaug(trainer_cls):
                 drive=False,
                 vis_period=cfg.SYNTHAUG.VIS_PERIOD,
                 image_format=cfg.INPUT.FORMAT,
+                images_per_iteration=cfg.SOLVER.IMS_PER_BATCH,
             )
 
         def build_hooks(self):

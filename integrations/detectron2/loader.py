@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY
 from synthaug.integrations.detectron2.data import MixAsDataset, SyntheticSafeMapper
 
 from synthaug.mix import COUNTERS, LOGGED_COUNTERS, ConsumedTally, SyntheticMixDataset
+from synthaug.mix_plan import PlannedSampler
 
 log = logging.getLogger("detectron2.synthaug")
 LOG_PERIOD = 20  # detectron2's DefaultTrainer writes metrics every 20 iterations
@@ -49,6 +51,10 @@ class SynthaugTrainLoader:
         self.offsets: dict[str, float] = {}  # served counters of the run this one resumes
         # all ranks together (the total batch): what one iteration takes from the mix
         self.images_per_iteration = int(images_per_iteration or getattr(loader, "batch_size", None) or 1)
+        # iterations the workers may run ahead of training: epochs are planned that far ahead
+        self.lookahead = 4 + 2 * int(getattr(loader, "num_workers", 0) or 0) * int(
+            getattr(loader, "prefetch_factor", 2) or 2
+        )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -59,10 +65,17 @@ class SynthaugTrainLoader:
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator[Any]:
+        storage = current_storage()
+        start = storage.iter if storage is not None else 0
+        if self.mix.planned:  # detectron2 does not replay its data on resume: the stream starts where training is
+            self.mix.resume_at(start)
+            self.mix.plan_ahead(start, self.lookahead)
         for step, batch in enumerate(self.loader):
             storage = current_storage()
+            iteration = storage.iter if storage is not None else start + step
+            self.mix.plan_ahead(iteration, self.lookahead)
             if self.drive:
-                self.before_iteration(storage.iter if storage is not None else step)
+                self.before_iteration(iteration)
             flags = synthetic_flags(batch)
             self.consumed.add(*all_ranks_sum(sum(flags), len(flags)))
             if storage is not None:
@@ -73,7 +86,7 @@ class SynthaugTrainLoader:
 
     def before_iteration(self, iteration: int) -> None:
         """Refresh the pool every `refresh_interval` iterations and tell the mix where training is."""
-        if iteration and iteration % self.refresh_interval == 0:
+        if not self.mix.planned and iteration and iteration % self.refresh_interval == 0:  # else: at epoch starts
             self.mix.refresh()
         self.mix.follow(iteration, self.images_per_iteration)
 
@@ -111,11 +124,13 @@ class SynthaugTrainLoader:
 
     def state_dict(self) -> dict[str, Any]:
         t = self.totals()
-        return {"consumed": self.consumed.state_dict(), "served": {k: t[k] for k in COUNTERS}}
+        return {"consumed": self.consumed.state_dict(), "served": {k: t[k] for k in COUNTERS}, **self.mix.plan_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.consumed.load_state_dict(state.get("consumed", {}))
         self.offsets = {k: float(v) for k, v in dict(state.get("served", {})).items()}
+        if "plan" in state:  # every epoch the saved run planned draws from the snapshot it drew from then
+            self.mix.load_plan_state(state)
 
     def show(self, storage: EventStorage, batch: list, flags: list[bool], most: int = 8) -> None:
         """A row of the batch's synthetic inputs (as the model gets them) with their labels overlaid."""
@@ -199,7 +214,29 @@ def wrap_train_loader(loader: Any, dataset: MixAsDataset, **options: Any) -> Syn
     for m in found:
         if not isinstance(m._map_func, SyntheticSafeMapper):
             m._map_func = SyntheticSafeMapper(m._map_func, dataset.mix)
-    return SynthaugTrainLoader(loader, dataset.mix, **options)
+    wrapped = SynthaugTrainLoader(loader, dataset.mix, **options)
+    plan_samplers(loader, dataset.mix, wrapped.images_per_iteration)
+    return wrapped
+
+
+def plan_samplers(loader: Any, mix: SyntheticMixDataset, images_per_iteration: int) -> int:
+    """Wrap the sampler of each ToIterableDataset over the mix in a PlannedSampler, so every index carries its
+    place in training into the worker that maps it (see synthaug.mix_plan); returns how many were wrapped."""
+    world = comm.get_world_size()
+    wrapped = 0
+    for obj in reachable(loader):
+        sampler = getattr(obj, "sampler", None)
+        if type(obj).__name__ != "ToIterableDataset" or not reaches_mix(obj, mix):
+            continue
+        if not isinstance(sampler, PlannedSampler):
+            obj.sampler = PlannedSampler(sampler, mix, max(1, images_per_iteration // world), world)
+        wrapped += 1
+    return wrapped
+
+
+def reaches_mix(obj: Any, mix: SyntheticMixDataset) -> bool:
+    """Whether `mix` is reachable below `obj` (its dataset chain)."""
+    return any(getattr(o, "mix", None) is mix for o in reachable(getattr(obj, "dataset", None)))
 
 
 def reachable(root: Any, depth: int = 8) -> Iterator[Any]:

@@ -6,7 +6,7 @@ Importing this module (once; repeating it is harmless):
 - lets torch's weights-only loading read mmengine checkpoints, so `--resume` and `init_model`
   work without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD;
 - registers `SyntheticMixSegDataset` (DATASETS), `SynthaugBlur` and `SynthaugPaste` (TRANSFORMS)
-  and `SyntheticPoolHook` (HOOKS) in mmseg's registries.
+  `SyntheticPoolHook` (HOOKS) and `SynthaugBatchSampler` (DATA_SAMPLERS) in mmseg's registries.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ allow_mmengine_checkpoints()
 
 from synthaug.integrations.mmseg.dataset import SyntheticMixSegDataset  # noqa: E402
 from synthaug.integrations.mmseg.hooks import SyntheticPoolHook, SyntheticProducerHook, find_mix  # noqa: E402
+from synthaug.integrations.mmseg.sampler import SynthaugBatchSampler  # noqa: E402
 from synthaug.integrations.mmseg.transforms import SynthaugBlur, SynthaugPaste  # noqa: E402
 
 __all__ = [
+    "SynthaugBatchSampler",
     "SynthaugBlur",
     "SynthaugPaste",
     "SyntheticMixSegDataset",

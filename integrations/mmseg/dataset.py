@@ -96,7 +96,8 @@ class SyntheticMixSegDataset:
     def get_data_info(self, index: int) -> dict:
         """The real dataset's data info, or a synthetic sample's paths (for tools that inspect datasets)."""
         assert self.mix is not None
-        kind, j = self.mix.locate(index)
+        index, epoch, iteration = self.mix.place(index)
+        kind, j = self.mix.locate(index, epoch, iteration)
         if kind == "real":
             return self.real.get_data_info(j)
         rec, store = self.mix.pool.records[j], self.mix.pool.store

@@ -37,7 +37,9 @@ def is_synthetic(data_sample) -> bool:
 class SyntheticPoolHook(Hook):
     """Grows the pool, follows training for the mix's draw, and shows what the model is fed.
 
-    Every `interval` iterations it adopts the store's new samples (same snapshot on every rank); every
+    With `SynthaugBatchSampler` (what wrap-config writes) the store's new samples are adopted at each epoch's
+    start and the plan is saved in checkpoints; without it, every `interval` iterations (same snapshot on every
+    rank). Every
     iteration it tells the mix the iteration (ratio schedules) and the pass over the data (the epoch's
     draw), and puts in the message hub, where mmengine's logger prints them from the first logging
     interval: `synthaug_synthetic_share` (counted from the batches trained on, all ranks), pool size,
@@ -75,19 +77,25 @@ class SyntheticPoolHook(Hook):
             runner.logger.warning("SyntheticPoolHook: the training dataset holds no synthaug mix; nothing to do")
             return
         world = runner.world_size if hasattr(runner, "world_size") else 1
-        self._images_per_iter = loader.batch_size * world
+        self._images_per_iter = (loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)) * world
         self.mix.follow(runner.iter, self._images_per_iter)
         runner.logger.info(
             f"synthaug: mixing {self.mix.n_real} real and {self.mix.n_synthetic} synthetic slots per pass "
             f"(ratio {self.mix.schedule.max}), pool {self.mix.pool_size}"
         )
+        if not self.mix.planned:
+            runner.logger.warning(
+                "synthaug: train_dataloader has no batch_sampler=dict(type='SynthaugBatchSampler'), so the draw "
+                "follows this hook's clock while DataLoader workers prefetch ahead of it: two runs may differ and "
+                "a resumed run re-draws. Add it (`synthaug wrap-config` writes it) for a planned, checkpointed draw."
+            )
         for line in loader_differences(runner.cfg):
             runner.logger.warning(line)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self.mix is None:
             return
-        if runner.iter and runner.iter % self.interval == 0:
+        if not self.mix.planned and runner.iter and runner.iter % self.interval == 0:  # else: at epoch starts
             t0 = time.perf_counter()
             self.mix.refresh()
             self.refresh_ms = 1000 * (time.perf_counter() - t0)
@@ -118,13 +126,16 @@ class SyntheticPoolHook(Hook):
         served = {
             k: float(c[k]) + self._offsets.get(k, 0.0) for k in ("served_real", "served_synthetic", "corrupt_skipped")
         }
-        checkpoint["synthaug"] = {"consumed": self.consumed.state_dict(), "served": served}
+        checkpoint["synthaug"] = {"consumed": self.consumed.state_dict(), "served": served, **self.mix.plan_state()}
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get("synthaug")
-        if state:  # counters go on from where the saved run was, not from 0
+        if state:  # counters go on from where the saved run was, not from 0; planned epochs keep their snapshots
             self.consumed.load_state_dict(state.get("consumed", {}))
             self._offsets = dict(state.get("served", {}))
+            mix = self.mix or find_mix(runner.train_dataloader.dataset)
+            if mix is not None and "plan" in state:
+                mix.load_plan_state(state)
 
     def _show(self, runner, data_batch: dict, flags: list[bool]) -> None:
         """A grid of the batch's synthetic inputs (as the model gets them) with their labels overlaid."""

@@ -18,6 +18,7 @@ from mmengine.config import Config
 OUR_IMPORT = "synthaug.integrations.mmseg"
 MIX_TYPE = "SyntheticMixSegDataset"
 HOOK_TYPE = "SyntheticPoolHook"
+SAMPLER_TYPE = "SynthaugBatchSampler"
 
 
 def plain(value: Any) -> Any:
@@ -63,6 +64,7 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
     if not any(isinstance(h, dict) and h.get("type") == HOOK_TYPE for h in hooks):  # keep the user's own settings
         hooks.append({"type": HOOK_TYPE, "interval": interval})
     allow_failed = bool(imports_cfg.get("allow_failed_imports", False))
+    theirs = cfg.train_dataloader.get("batch_sampler")  # kept, inside ours
     return (
         f"# Made by `synthaug wrap-config`: {config}, trained on its own data mixed with synthetic samples\n"
         f"# from {store}. Everything else (loader settings, schedule, model) is inherited from the base.\n"
@@ -76,8 +78,13 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
         f"        store={store!r},\n"
         f"        ratio={ratio!r},\n"
         f"        seed={seed!r},\n"
-        "    )\n"
-        ")\n"
+        "    ),\n"
+        + (
+            f"    batch_sampler=dict(_delete_=True, type={SAMPLER_TYPE!r}, batch_sampler={plain(theirs)!r}),\n"
+            if theirs
+            else f"    batch_sampler=dict(type={SAMPLER_TYPE!r}),  # the planned, checkpointed draw\n"
+        )
+        + ")\n"
         f"custom_hooks = {pprint.pformat(hooks, indent=4, width=100, sort_dicts=False)}\n"
     )
 
@@ -94,8 +101,9 @@ def write_mix_config(config: str, store: str, ratio: float, out: Path, seed: int
     draft.write_text(text)
     try:
         made, base = load(str(draft)).train_dataloader, load(config).train_dataloader
-        changed = [k for k in base if k != "dataset" and plain(base[k]) != plain(made.get(k))]
-        if changed or made.dataset.get("type") != MIX_TYPE:
+        ours = ("dataset", "batch_sampler")
+        changed = [k for k in base if k not in ours and plain(base[k]) != plain(made.get(k))]
+        if changed or made.dataset.get("type") != MIX_TYPE or made.batch_sampler.get("type") != SAMPLER_TYPE:
             raise RuntimeError(f"{out} would not keep {config}'s train_dataloader {changed}; please report this")
         os.link(draft, out)  # fails, rather than overwrite, if the name was taken meanwhile
     finally:

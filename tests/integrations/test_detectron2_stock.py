@@ -29,6 +29,7 @@ from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY, register_coc
 from synthaug.integrations.detectron2.loader import reachable
 
 from synthaug.imageio import read_mask
+from synthaug.mix_plan import PlannedSampler
 from synthaug.sample import Instance, Sample
 from synthaug.store import StoreWriter, create_store
 from synthaug.toy.world import TOY_VOCABULARY, render_seed
@@ -318,7 +319,7 @@ def test_a_users_build_train_loader_mapper_and_repeat_factor_sampler_are_kept(wo
     opts = ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "SYNTHAUG.VIS_PERIOD", "1"]
     trainer = UserTrainer(toy_cfg(world, tmp_path, *opts, "SOLVER.MAX_ITER", "4"))
     samplers = [getattr(o, "sampler", None) for o in reachable(trainer.data_loader)]
-    assert any(isinstance(s, RepeatFactorTrainingSampler) for s in samplers)
+    assert any(isinstance(s, PlannedSampler) and isinstance(s.sampler, RepeatFactorTrainingSampler) for s in samplers)
     with EventStorage(0) as storage:
         items = synthetic_items(trainer.data_loader, 4)
         assert items and all(d["user_mapper"] for d in items)
@@ -328,12 +329,38 @@ def test_a_users_build_train_loader_mapper_and_repeat_factor_sampler_are_kept(wo
     saved = trainer.state_dict()["hooks"]["SyntheticPoolHook"]
     assert saved["consumed"]["synthetic"] == trainer.storage.history("synthaug/consumed_synthetic").latest() > 0
     resumed = UserTrainer(toy_cfg(world, tmp_path, *opts, "SOLVER.MAX_ITER", "6"))
-    resumed.resume_or_load(resume=True)  # counters go on from the checkpoint, not from 0
+    resumed.resume_or_load(resume=True)  # counters go on from the checkpoint, not from 0; the plan is restored
     assert resumed.data_loader.consumed.state_dict() == saved["consumed"]
+    assert (
+        saved["plan"]["epochs"]
+        and resumed.data_loader.mix.plan_state()["plan"]["epochs"].items() >= saved["plan"]["epochs"].items()
+    )
     resumed.train()
     total = resumed.data_loader.consumed
     assert total.real + total.synthetic == sum(saved["consumed"].values()) + 2 * 2
     assert sorted(p.name for p in (world / "store").iterdir()) == ["segments", "store.json"]  # nothing written
+
+
+def served_synthetic(world: Path, out: Path, batches: int) -> list[list[str]]:
+    """The synthetic sample ids of each of the first `batches` batches of the user's loader with 2 workers
+    (detectron2 shards its sampler inside them), detectron2's seed fixed as cfg.SEED fixes it."""
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    seed_all_rng(7)
+    loader = UserTrainer.build_train_loader(toy_cfg(world, out, "DATALOADER.NUM_WORKERS", "2"))
+    assert loader.mix.planned
+    with EventStorage(0):
+        return [sorted(d[SYNTHETIC_KEY] for d in b if d.get(SYNTHETIC_KEY)) for _, b in zip(range(batches), loader)]
+
+
+def test_two_loaders_with_2_workers_serve_the_same_synthetic_items_and_the_draw_moves_on(world, tmp_path):
+    """12 real + 12 synthetic slots, 2 per batch: an epoch is 12 batches. Each synthetic item carries its
+    epoch from the sampler, so the draw changes from epoch to epoch although nothing sets the epoch."""
+    first = served_synthetic(world, tmp_path, 36)
+    assert first == served_synthetic(world, tmp_path, 36)
+    epochs = [Counter(x for b in first[e * 12 : (e + 1) * 12] for x in b) for e in range(3)]
+    assert all(sum(c.values()) > 6 for c in epochs) and epochs[0] != epochs[1] != epochs[2]
 
 
 def test_failing_synthetic_items_are_skipped_and_counted_real_errors_propagate(world, tmp_path):

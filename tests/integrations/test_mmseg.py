@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -38,13 +39,15 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-def train(cwd: Path, config: Path, *options: str, resume: bool = False) -> subprocess.CompletedProcess:
+def train(
+    cwd: Path, config: Path, *options: str, resume: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(mmseg_train_script()), str(config), "--work-dir", str(cwd / "work")]
     if resume:
         cmd.append("--resume")
     if options:
         cmd += ["--cfg-options", *options]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**(env or os.environ), "PYTHONWARNINGS": "ignore"}
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
@@ -53,6 +56,64 @@ def scalar(log: str, key: str) -> float:
     lines = [ln for ln in log.splitlines() if f"{key}: " in ln]
     assert lines, f"{key} never logged:\n{log[-3000:]}"
     return float(lines[-1].split(f"{key}: ")[1].split()[0])
+
+
+PROBE_DIR = Path(__file__).parent / "mmseg_probe"
+
+
+def served_ids(run_dir: Path) -> dict[int, list[str]]:
+    rows = [json.loads(x) for x in (run_dir / "work" / "served_probe.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["ids"] for r in rows}
+
+
+def probed_run(world: Path, run_dir: Path, grow_at: int | None, iters: int, resume: bool = False) -> dict:
+    """The toy mix config (2 persistent workers) in a copy of the world, with a probe of the ids trained on and,
+    if `grow_at`, samples added to the store after that iteration; returns {iteration: ids}."""
+    if not run_dir.exists():
+        shutil.copytree(world / "data", run_dir / "data")
+    hooks = "dict(type='ServedProbe')" + (
+        f", dict(type='StoreGrower', store='data/toy_store', at={grow_at})" * bool(grow_at)
+    )
+    cfg = run_dir / "probed.py"
+    cfg.write_text(
+        f"_base_ = [{str(MIX_CONFIG)!r}]\n"
+        "custom_imports = dict(imports=['synthaug.integrations.mmseg', 'label_probe'], allow_failed_imports=False)\n"
+        f"custom_hooks = [dict(type='SyntheticPoolHook', interval=50), {hooks}]\n"
+    )
+    options = [
+        f"train_cfg.max_iters={iters}",
+        f"train_cfg.val_interval={iters}",
+        "default_hooks.checkpoint.interval=10",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(PROBE_DIR), "OMP_NUM_THREADS": "1"}
+    run = train(run_dir, cfg, *options, resume=resume, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return served_ids(run_dir)
+
+
+@pytest.mark.slow
+def test_two_runs_serve_the_same_samples_and_a_resume_after_store_growth_serves_what_an_uninterrupted_run_did(
+    world, tmp_path
+):
+    """2 persistent workers prefetching ahead; the store grows by 16 samples after iteration 10 (an epoch is 5
+    iterations: 20 real + 20 synthetic slots, batch 8). Both uninterrupted runs serve the same ids at every
+    iteration; a run stopped at 10, then resumed after the store grew, serves exactly those ids after 10."""
+    sys.path.insert(0, str(PROBE_DIR))
+    from label_probe import grow
+
+    a = probed_run(world, tmp_path / "a", grow_at=10, iters=20)
+    b = probed_run(world, tmp_path / "b", grow_at=10, iters=20)
+    assert a == b and len(a) == 20
+    synthetic = {i: [x for x in ids if x.startswith("synthaug:")] for i, ids in a.items()}
+    assert all(synthetic.values()), "an iteration trained on no synthetic sample"
+    grown = [i for i, ids in synthetic.items() if any("grown" in x for x in ids)]
+    assert grown and min(grown) >= 15, f"grown samples served at {grown}: before the next epoch (15)"
+    first = probed_run(world, tmp_path / "c", grow_at=None, iters=10)
+    assert first == {i: a[i] for i in range(10)}
+    grow(str(tmp_path / "c" / "data" / "toy_store"), 16)
+    (tmp_path / "c" / "work" / "served_probe.jsonl").unlink()
+    resumed = probed_run(world, tmp_path / "c", grow_at=None, iters=20, resume=True)
+    assert resumed == {i: a[i] for i in range(10, 20)}
 
 
 @pytest.mark.slow
@@ -248,15 +309,16 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     status = store / "producers" / "producer-supervised.json"
     deadline = time.monotonic() + 300
-    while not (status.exists() and _json.loads(status.read_text()).get("produced", 0) >= 4):
-        assert time.monotonic() < deadline and proc.poll() is None, "the producer never produced"
-        time.sleep(0.5)
-    os.kill(_json.loads(status.read_text())["pid"], signal.SIGKILL)
     try:
+        while not (status.exists() and _json.loads(status.read_text()).get("produced", 0) >= 4):
+            assert time.monotonic() < deadline and proc.poll() is None, "the producer never produced"
+            time.sleep(0.5)
+        os.kill(_json.loads(status.read_text())["pid"], signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # leave nothing running to slow the tests after this one (its producer follows its parent)
-        raise
+    finally:  # leave nothing running to slow the tests after this one (its producer follows its parent)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, out[-3000:]
     pools = [float(x.split()[0]) for x in out.split("synthaug_pool_size: ")[1:]]
     assert pools and pools[-1] > pools[0], pools  # the pool grew while training ran

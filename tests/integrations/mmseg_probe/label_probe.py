@@ -23,3 +23,35 @@ class LabelProbe(Hook):
                     "shape": list(labels.shape[-2:]),
                 }
                 f.write(json.dumps(row) + "\n")
+
+
+@HOOKS.register_module()
+class ServedProbe(Hook):
+    """Appends {"iter", "ids"} per iteration to WORK_DIR/served_probe.jsonl: the img_path of every item trained on."""
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        with open(os.path.join(runner.work_dir, "served_probe.jsonl"), "a") as f:
+            ids = [str(s.metainfo.get("img_path", "")) for s in data_batch["data_samples"]]
+            f.write(json.dumps({"iter": runner.iter, "ids": ids}) + "\n")
+
+
+@HOOKS.register_module()
+class StoreGrower(Hook):
+    """A stand-in producer: after iteration `at`, adds `count` toy samples to `store` (a segment of its own)."""
+
+    def __init__(self, store: str, at: int, count: int = 16) -> None:
+        self.store, self.at, self.count = store, at, count
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.at:
+            grow(self.store, self.count)
+
+
+def grow(store: str, count: int) -> None:
+    """The samples a producer adds: the same ones whoever calls it."""
+    from synthaug.store import StoreWriter
+    from synthaug.toy.world import render_seed
+
+    with StoreWriter(store, "grown", fsync=False) as w:
+        for seed in range(500, 500 + count):
+            w.add(render_seed(seed, 32).to_sample())
