@@ -45,11 +45,11 @@ from synthaug.vocabulary import IGNORE_INDEX, match_classes
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped")
+COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped", "unplanned")
 #: What the integrations log from counters(), as synthaug_<key> (mmseg) or synthaug/<key> (detectron2).
 LOGGED_COUNTERS = ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped")
 _MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
-_SNAPSHOT_BYTES = 1 << 18
+_SNAPSHOT_BYTES = 1 << 24  # 16 MiB of shared memory: a plan of thousands of distinct snapshots
 _MAX_CORRUPT_RETRIES = 16
 _PLAN_WAIT_S = 10.0  # how long a worker waits for the main process to plan an epoch it reached
 
@@ -131,7 +131,7 @@ class RatioSchedule:
 class _SharedState:
     """What DataLoader workers must see of the main process, in shared memory: the clock the hooks move
     (epoch, iteration), the layout of planned positions, the resume position, counters, and the published
-    snapshots (the latest one adopted and the recent epochs of the plan)."""
+    snapshots (the latest one adopted and the plan)."""
 
     EPOCH, ITERATION, GENERATION, BATCH, WORLD, START = range(6)
 
@@ -142,18 +142,27 @@ class _SharedState:
         self.snapshot_len = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def publish(self, latest: Mapping[str, int], plan: MixPlan) -> int:
-        """Write the latest snapshot and the plan's recent epochs for workers; returns the new generation.
+        """Write the latest snapshot and the plan for workers; returns the new generation.
 
         The generation is odd while the buffer is written and even once it is whole (a sequence lock), so a
-        worker never parses a half-written buffer.
+        worker never parses a half-written buffer. A plan too large for the buffer loses its oldest epochs
+        (a worker that meets one draws from the oldest epoch kept, and counts it as unplanned).
         """
-        data = json.dumps({"latest": dict(sorted(latest.items())), "plan": plan.recent().state_dict()}).encode()
-        if len(data) > _SNAPSHOT_BYTES:
+        start = min(plan.snapshots, default=0)
+        while True:
+            data = json.dumps({"latest": dict(sorted(latest.items())), "plan": plan.since(start).state_dict()})
+            if len(data) <= _SNAPSHOT_BYTES or start > max(plan.snapshots, default=0):
+                break
+            start += max(1, (max(plan.snapshots) - start) // 4)
+        raw = data.encode()
+        if len(raw) > _SNAPSHOT_BYTES:
             raise ValueError(f"the store has too many segments ({len(latest)}) to share; merge some segments")
         self.clock[self.GENERATION] += 1
-        self.snapshot[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        self.snapshot_len[0] = len(data)
-        self.clock[self.GENERATION] += 1
+        try:
+            self.snapshot[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            self.snapshot_len[0] = len(raw)
+        finally:  # even again, whatever happened: readers never spin on a publish that died
+            self.clock[self.GENERATION] += 1
         return int(self.clock[self.GENERATION])
 
     def read(self, known: int) -> tuple[int, dict[str, int], MixPlan] | None:
@@ -168,8 +177,11 @@ class _SharedState:
                 if int(self.clock[self.GENERATION]) == gen:
                     if not n:
                         return gen, {}, MixPlan()
-                    data = json.loads(raw)
-                    return gen, data["latest"], MixPlan.from_state(data["plan"])
+                    try:
+                        data = json.loads(raw)
+                        return gen, data["latest"], MixPlan.from_state(data["plan"])
+                    except (ValueError, KeyError):  # bytes seen before the write was visible: read again
+                        pass
             time.sleep(0.001)  # a publish is under way
 
     @property
@@ -365,7 +377,7 @@ class SyntheticMixDataset:
             epoch, iteration = self.epoch, self.iteration
         else:
             epoch, iteration = layout.epoch(position, len(self)), layout.iteration(position)
-        self._hold(epoch, planned=position is not None)
+        self._hold(epoch, tagged=position is not None)
         return index, epoch, iteration
 
     # ------------------------------------------------------------------------------------------ the plan
@@ -404,7 +416,8 @@ class SyntheticMixDataset:
         layout = self.state.layout
         if layout is None:
             return
-        last = layout.epoch((iteration + iterations + 1) * layout.batch_size, len(self))
+        # one whole epoch beyond the farthest position the workers may reach, so they never wait at a boundary
+        last = layout.epoch((iteration + iterations + 1) * layout.batch_size, len(self)) + 1
         for epoch in range(max(self.plan.snapshots, default=-1) + 1, last + 1):
             self.plan_epoch(epoch)
 
@@ -414,7 +427,11 @@ class SyntheticMixDataset:
 
     def load_plan_state(self, state: Mapping[str, Any]) -> None:
         """Restore a checkpoint's plan: every epoch it planned draws from the snapshot it drew from then."""
-        saved = MixPlan.from_state(state.get("plan", {"epochs": {}, "snapshots": []}))
+        try:
+            saved = MixPlan.from_state(state.get("plan", {"runs": [], "changes": []}))
+        except ValueError as err:
+            log.warning("synthaug: the checkpoint's %s; this run plans its epochs afresh", err)
+            return
         if int(state.get("seed", self.seed)) != self.seed:
             log.warning("synthaug: the checkpoint's mix seed %s differs from %s: its plan is not restored",
                         state.get("seed"), self.seed)  # fmt: skip
@@ -422,40 +439,40 @@ class SyntheticMixDataset:
         self.plan.snapshots.update(saved.snapshots)
         self._generation = self.state.publish(self._latest, self.plan)
 
-    def _hold(self, epoch: int, planned: bool) -> None:
-        """Adopt the snapshot `epoch` draws from: the plan's for planned items, else the latest published."""
+    def _hold(self, epoch: int, tagged: bool = False) -> None:
+        """Adopt the snapshot `epoch` draws from: the plan's once a planned sampler feeds the mix (for a plain
+        index too, such as a wrapper's retry), else the latest published."""
         if self.pool is None:
             return
         self._seen = self.state.read(self._seen[0]) or self._seen
         _, latest, plan = self._seen
-        snapshot = plan.snapshots.get(epoch) if planned else latest
-        if snapshot is None:
-            snapshot = self._unplanned(epoch, plan, wait=torch.utils.data.get_worker_info() is not None)
+        snapshot = latest
+        if self.planned:
+            snapshot = plan.snapshots.get(epoch) or self._unplanned(epoch, tagged)
         if snapshot != self.pool.snapshot:
             self.pool.adopt(snapshot)
 
-    def _unplanned(self, epoch: int, plan: MixPlan, wait: bool) -> dict[str, int]:
-        """An epoch the main process has not planned yet: a worker waits for it a little; then (and at once in
-        the main process) the last planned epoch before it is drawn from (deterministic while the store does
-        not grow)."""
+    def _unplanned(self, epoch: int, tagged: bool) -> dict[str, int]:
+        """An epoch the plan does not hold. A tagged item in a worker, beyond the newest planned epoch, waits
+        a little for the main process to plan it (it plans ahead of the workers); otherwise, or when the wait
+        ends, the nearest planned epoch's snapshot is drawn from, and the item is counted as unplanned."""
+        wait = tagged and torch.utils.data.get_worker_info() is not None
         deadline = time.monotonic() + (_PLAN_WAIT_S if wait else 0.0)
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        while epoch > max(self._seen[2].snapshots, default=-1) and time.monotonic() < deadline:
+            time.sleep(0.02)
             self._seen = self.state.read(self._seen[0]) or self._seen
-            plan = self._seen[2]
-            if epoch in plan.snapshots:
-                return plan.snapshots[epoch]
-        earlier = [e for e in plan.snapshots if e < epoch]
-        if wait and not self._fallback_warned:
-            log.warning("synthaug: epoch %d was not planned in time; it draws from epoch %s's snapshot",
-                        epoch, max(earlier, default=None))  # fmt: skip
-            self._fallback_warned = True
-        return plan.snapshots[max(earlier)] if earlier else self._seen[1]
-
-    def _real_permutation(self, epoch: int) -> np.ndarray:
-        if self._real_perm is None or self._real_perm[0] != epoch:
-            self._real_perm = (epoch, np.random.default_rng([self.seed, epoch, 0xEA1]).permutation(self.n_real))
-        return self._real_perm[1]
+        plan = self._seen[2]
+        if epoch in plan.snapshots:
+            return plan.snapshots[epoch]
+        if tagged:
+            self.state.counters[_proc_row()][COUNTERS.index("unplanned")] += 1
+            if wait and not self._fallback_warned:
+                log.warning("synthaug: epoch %d was not planned in time; it draws from the nearest planned", epoch)
+                self._fallback_warned = True
+        if not plan.snapshots:
+            return self._seen[1]
+        earlier = [e for e in plan.snapshots if e <= epoch]
+        return plan.snapshots[max(earlier) if earlier else min(plan.snapshots)]
 
     # ------------------------------------------------------------------------------------------ the pool
 
@@ -467,7 +484,7 @@ class SyntheticMixDataset:
         self._latest = self._agreed_snapshot()
         size = self.pool.adopt(self._latest)
         self._generation = self.state.publish(self._latest, self.plan)
-        self._seen = (self._generation, dict(self._latest), self.plan.recent())
+        self._seen = (self._generation, dict(self._latest), MixPlan(dict(self.plan.snapshots)))
         return size
 
     def _agreed_snapshot(self) -> dict[str, int]:
@@ -548,7 +565,7 @@ class SyntheticMixDataset:
 
     def counters(self) -> dict[str, float]:
         """Served real and synthetic samples, corrupt samples skipped, pool size, repeats this epoch, and the share."""
-        self._hold(self.epoch, planned=self.planned)  # the snapshot of the epoch being trained
+        self._hold(self.epoch)  # the snapshot of the epoch being trained
         total = self.state.counters.sum(0).tolist()
         out: dict[str, float] = dict(zip(COUNTERS, total))
         out["pool_size"] = self.pool_size

@@ -17,9 +17,6 @@ from typing import Any, Protocol
 
 import torch
 
-#: Epochs whose snapshots stay published to workers (they prefetch a few batches ahead, never epochs behind).
-PUBLISHED_EPOCHS = 32
-
 
 def tag(index: int, position: int, length: int) -> int:
     """`index` of a dataset of `length` items, tagged with its stream `position` (>= 0), as one int.
@@ -42,22 +39,28 @@ def untag(key: int, length: int) -> tuple[int, int | None]:
 class Layout:
     """How stream positions map to training: `batch_size` items per rank per iteration, `world_size` ranks.
 
-    Position p of a rank's stream is global sample p * world_size, in epoch p * world_size // length and
-    iteration p // batch_size (each rank takes one batch per iteration), whatever launcher runs the ranks.
+    An endless stream (mmengine's InfiniteSampler, detectron2's TrainingSampler): position p of a rank's
+    stream is global sample p * world_size, in epoch p * world_size // length and iteration p // batch_size
+    (each rank takes one batch per iteration), whatever launcher runs the ranks. A finite sampler with an
+    epoch (mmengine's DefaultSampler) gives `per_epoch` positions per rank per epoch, padding included, in
+    `batches_per_epoch` batches; then the epoch and iteration are the sampler's own.
     """
 
     batch_size: int
     world_size: int
+    per_epoch: int = 0
+    batches_per_epoch: int = 0
 
     def epoch(self, position: int, length: int) -> int:
+        if self.per_epoch:
+            return position // self.per_epoch
         return position * self.world_size // length
 
     def iteration(self, position: int) -> int:
+        if self.per_epoch:
+            epoch, offset = divmod(position, self.per_epoch)
+            return epoch * self.batches_per_epoch + offset // self.batch_size
         return position // self.batch_size
-
-    def first_position(self, epoch: int, length: int) -> int:
-        """The first stream position that lies in `epoch`."""
-        return -(-epoch * length // self.world_size)
 
 
 @dataclass
@@ -67,28 +70,44 @@ class MixPlan:
     snapshots: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-safe: snapshots stored once, epochs pointing at them (consecutive epochs usually share one)."""
-        unique: list[dict[str, int]] = []
-        epochs: dict[str, int] = {}
+        """JSON-safe and compact: runs of epochs that share a snapshot ([first, last, k]), and the distinct
+        snapshots each as its change from the one before ({segment: count}, None for a segment gone)."""
+        runs: list[list[int]] = []
+        changes: list[dict[str, int | None]] = []
+        prev: dict[str, int] = {}
         for epoch, snap in sorted(self.snapshots.items()):
-            if not unique or unique[-1] != snap:
-                unique.append(dict(snap))
-            epochs[str(epoch)] = len(unique) - 1
-        return {"epochs": epochs, "snapshots": unique}
+            if not changes or snap != prev:
+                change: dict[str, int | None] = {k: v for k, v in snap.items() if prev.get(k) != v}
+                change.update({k: None for k in prev if k not in snap})
+                changes.append(change)
+                prev = dict(snap)
+            if runs and runs[-1][1] == epoch - 1 and runs[-1][2] == len(changes) - 1:
+                runs[-1][1] = epoch
+            else:
+                runs.append([epoch, epoch, len(changes) - 1])
+        return {"runs": runs, "changes": changes}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> MixPlan:
-        """The plan a checkpoint saved; a malformed one fails with what is wrong."""
+        """The plan a checkpoint saved; a malformed one raises ValueError saying what is wrong."""
         try:
-            snaps = [{str(k): int(v) for k, v in s.items()} for s in state["snapshots"]]
-            return cls({int(e): dict(snaps[int(i)]) for e, i in state["epochs"].items()})
+            snaps: list[dict[str, int]] = []
+            current: dict[str, int] = {}
+            for change in state["changes"]:
+                current = {**current, **{str(k): int(v) for k, v in change.items() if v is not None}}
+                current = {k: v for k, v in current.items() if change.get(k, 0) is not None}
+                snaps.append(current)
+            plan = cls()
+            for first, last, k in state["runs"]:
+                for epoch in range(int(first), int(last) + 1):
+                    plan.snapshots[epoch] = snaps[int(k)]
+            return plan
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-            raise ValueError(f"the checkpoint's synthaug mix plan is malformed ({err!r}); resume without it") from None
+            raise ValueError(f"the synthaug mix plan is malformed ({err!r})") from None
 
-    def recent(self, count: int = PUBLISHED_EPOCHS) -> MixPlan:
-        """The last `count` planned epochs (what workers may still be serving)."""
-        keep = sorted(self.snapshots)[-count:]
-        return MixPlan({e: self.snapshots[e] for e in keep})
+    def since(self, epoch: int) -> MixPlan:
+        """The epochs from `epoch` on (what still fits when the whole plan does not)."""
+        return MixPlan({e: s for e, s in self.snapshots.items() if e >= epoch})
 
 
 class PlannedMix(Protocol):
@@ -126,7 +145,11 @@ class PlannedBatchSampler:
         self.mix, self.batch_size, self.drop_last = mix, batch_size, drop_last
         self.sampler = sampler if sampler is not None else getattr(batch_sampler, "sampler", None)
         self.batch_sampler = batch_sampler
-        self.layout = Layout(batch_size, world_size or current_world_size())
+        world = world_size or current_world_size()
+        if self._epoch_of_sampler() is not None:  # a finite sampler with epochs: its own epoch and iteration
+            self.layout = Layout(batch_size, world, len(self.sampler), len(self))  # type: ignore[arg-type]
+        else:
+            self.layout = Layout(batch_size, world)
         self._next = 0  # where the last iterator stopped: a new one (the next epoch of a finite sampler) goes on
         mix.set_layout(self.layout)
 
@@ -143,10 +166,17 @@ class PlannedBatchSampler:
         if batch and not self.drop_last:
             yield batch
 
-    def _start(self) -> int:
+    def _epoch_of_sampler(self) -> int | None:
+        """The epoch of a finite sampler that has one (mmengine's DefaultSampler), else None."""
         epoch = getattr(self.sampler, "epoch", None)
-        if isinstance(epoch, int) and hasattr(self.sampler, "__len__"):
-            return epoch * len(self.sampler)  # type: ignore[arg-type]
+        return epoch if isinstance(epoch, int) and hasattr(self.sampler, "__len__") else None
+
+    def _start(self) -> int:
+        """Where this iterator's stream starts: its epoch's first position, or where the last one stopped (an
+        epoch loop whose sampler is never told the epoch still moves on)."""
+        epoch = self._epoch_of_sampler()
+        if epoch is not None:
+            return max(epoch * len(self.sampler), self._next)  # type: ignore[arg-type]
         return self._next
 
     def __iter__(self) -> Iterator[list[int]]:

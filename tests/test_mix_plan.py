@@ -4,6 +4,7 @@ ahead serve exactly what one process would; each epoch's snapshot is decided onc
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,17 @@ class Endless:
             yield from torch.randperm(self.n, generator=g).tolist()
 
 
-def served(mix: SyntheticMixDataset, batches: int, workers: int, start: int = 0) -> list[list[str]]:
-    """The item ids of batches [start, batches) from a DataLoader with `workers` persistent workers (replaying
-    the stream from its beginning, as mmengine does when it resumes)."""
-    sampler = PlannedBatchSampler(mix, BATCH, sampler=Endless(len(mix)))
+def served(
+    mix: SyntheticMixDataset, batches: int, workers: int, start: int = 0, plan: dict | None = None, batch: int = BATCH
+) -> list[list[str]]:
+    """The item ids of batches [start, batches) from a DataLoader with `workers` persistent workers. With `plan`,
+    as mmengine resumes: the loader starts (its workers prefetch), then the checkpoint's plan is loaded, then
+    the stream is replayed from its beginning."""
+    sampler = PlannedBatchSampler(mix, batch, sampler=Endless(len(mix)))
     kwargs = dict(num_workers=workers, persistent_workers=workers > 0, collate_fn=lambda b: [s.id or s.seed for s in b])
     loader = iter(DataLoader(mix, batch_sampler=sampler, **kwargs))
+    if plan is not None:
+        mix.load_plan_state(plan)
     out = [next(loader) for _ in range(batches)]
     del loader
     return out[start:]
@@ -58,15 +64,21 @@ def test_tags_survive_int_and_map_to_epochs_and_iterations():
     assert untag(tag(7, 0, 10), 10) == (7, 0) and untag(tag(7, 123, 10), 10) == (7, 123) and untag(7, 10) == (7, None)
     layout = Layout(batch_size=4, world_size=2)  # 8 images per iteration over all ranks
     assert [layout.epoch(p, 20) for p in (0, 9, 10, 19, 20)] == [0, 0, 1, 1, 2]  # 10 positions per rank per epoch
-    assert layout.iteration(11) == 2 and layout.first_position(3, 20) == 30
+    assert layout.iteration(11) == 2
+    # A finite sampler with padding: 13 positions per rank per epoch in 4 batches (the last one short).
+    finite = Layout(batch_size=4, world_size=4, per_epoch=13, batches_per_epoch=4)
+    assert [finite.epoch(p, 50) for p in (12, 13, 26)] == [0, 1, 2]
+    assert [finite.iteration(p) for p in (12, 13, 17)] == [3, 4, 5]
 
 
 def test_plan_state_round_trips_and_a_malformed_one_is_named():
-    plan = MixPlan({0: {"a": 3}, 1: {"a": 3}, 2: {"a": 5, "b": 1}})
+    plan = MixPlan({0: {"a": 3}, 1: {"a": 3}, 2: {"a": 5, "b": 1}, 3: {"b": 2}, 5: {"b": 2}})
     state = plan.state_dict()
-    assert len(state["snapshots"]) == 2 and MixPlan.from_state(state) == plan
+    assert state["runs"] == [[0, 1, 0], [2, 2, 1], [3, 3, 2], [5, 5, 2]]  # runs of epochs, changes only
+    assert state["changes"] == [{"a": 3}, {"a": 5, "b": 1}, {"b": 2, "a": None}]
+    assert MixPlan.from_state(state) == plan
     with pytest.raises(ValueError, match="mix plan is malformed"):
-        MixPlan.from_state({"epochs": {"0": 4}, "snapshots": []})
+        MixPlan.from_state({"runs": [[0, 0, 4]], "changes": []})
 
 
 def test_persistent_workers_serve_what_one_process_serves_and_the_draw_moves_on_without_a_hook(tmp_path, real):
@@ -77,8 +89,8 @@ def test_persistent_workers_serve_what_one_process_serves_and_the_draw_moves_on_
     two = served(SyntheticMixDataset(real, store, ratio=0.5, seed=3), batches, workers=2)
     assert one == two
     synthetic = [[x for x in b if isinstance(x, str)] for b in one]
-    epochs = [sorted(x for b in synthetic[e * 12 : (e + 1) * 12] for x in b) for e in range(3)]
-    assert all(len(e) == 24 for e in epochs) and epochs[0] != epochs[1] != epochs[2]
+    epochs = [tuple(sorted(x for b in synthetic[e * 12 : (e + 1) * 12] for x in b)) for e in range(3)]
+    assert all(len(e) == 24 for e in epochs) and len(set(epochs)) == 3
 
 
 def test_growth_is_adopted_at_epoch_boundaries_and_a_resume_replays_it(tmp_path, real):
@@ -101,13 +113,12 @@ def test_growth_is_adopted_at_epoch_boundaries_and_a_resume_replays_it(tmp_path,
         assert max(np.unique([s.id for s in samples], return_counts=True)[1]) <= 3
     # Resume from the checkpoint taken at batch 6: a new process, the store as it is now, the stream replayed.
     resumed = SyntheticMixDataset(real, store, ratio=0.5, seed=5, max_repeats=3)
-    resumed.load_plan_state(checkpoint)
-    again = served(resumed, 36, workers=2, start=6)
+    again = served(resumed, 36, workers=2, start=6, plan=checkpoint)
     assert again == [[s.id or s.seed for s in b] for b in rest]
 
 
-def test_an_unplanned_loader_keeps_the_hooks_clock(tmp_path, real):
-    """Plain indices (no planned sampler) follow set_epoch, as before."""
+def test_plain_indices_follow_set_epoch_without_a_planned_sampler(tmp_path, real):
+    """Without a planned sampler the epoch is what set_epoch (the integrations' hooks) last said."""
     store = create_store(tmp_path / "s", TOY_VOCABULARY)
     fill(store, range(30), "g")
     mix = SyntheticMixDataset(real, store, ratio=0.5, seed=1)
@@ -126,6 +137,33 @@ def test_a_finite_sampler_goes_on_to_the_next_epoch_with_each_new_iterator(tmp_p
     mix = SyntheticMixDataset(real, store, ratio=0.5, seed=1)
     sampler = PlannedBatchSampler(mix, BATCH, sampler=RandomSampler(mix, generator=torch.Generator().manual_seed(0)))
     loader = DataLoader(mix, batch_sampler=sampler, collate_fn=lambda b: sorted(s.id for s in b if s.id))
-    epochs = [sorted(x for b in loader for x in b) for _ in range(3)]
-    assert all(len(e) == 24 for e in epochs) and epochs[0] != epochs[1] != epochs[2]
+    epochs = [tuple(sorted(x for b in loader for x in b)) for _ in range(3)]
+    assert all(len(e) == 24 for e in epochs) and len(set(epochs)) == 3
     assert sorted(mix.plan.snapshots) == [0, 1, 2]
+
+
+def test_a_resume_replays_a_long_plan_from_its_start_without_waiting(tmp_path, real):
+    """50 epochs of 3 batches, a store that grows every 4 epochs, a checkpoint at batch 120 (epoch 40), and
+    the replay from epoch 0: every replayed epoch is in the published plan, so no worker waits for one and
+    nothing is drawn from an epoch it was not planned for."""
+    store = create_store(tmp_path / "s", TOY_VOCABULARY)
+    fill(store, range(30), "g0")
+    mix = SyntheticMixDataset(real, store, ratio=0.5, seed=2)
+    sampler = PlannedBatchSampler(mix, 16, sampler=Endless(len(mix)))
+    loader = iter(
+        DataLoader(mix, batch_sampler=sampler, num_workers=2, collate_fn=lambda b: [s.id or s.seed for s in b])
+    )
+    first = []
+    for k in range(150):
+        if k % 12 == 11 and k < 110:  # grown only before the checkpoint: after it, a resume sees the store as it is
+            fill(store, range(1000 + k, 1002 + k), f"g{k}")
+        first.append(next(loader))
+        if k == 119:
+            checkpoint = copy.deepcopy(mix.plan_state())
+    del loader
+    assert len(set(map(str, mix.plan.snapshots.values()))) > 8
+    t0 = time.monotonic()
+    resumed = SyntheticMixDataset(real, store, ratio=0.5, seed=2)
+    again = served(resumed, 150, workers=2, start=120, plan=checkpoint, batch=16)
+    assert again == first[120:] and resumed.counters()["unplanned"] == 0
+    assert time.monotonic() - t0 < 120, "workers waited for epochs the plan held"

@@ -126,3 +126,26 @@ def test_mmseg_hooks_of_any_kind_are_kept_and_a_pool_hook_keeps_its_settings(tmp
     bad.write_text("custom_imports = 'my.module'\ntrain_dataloader = dict(dataset=dict(type='X'))\n")
     assert cli(["wrap-config", str(bad), "--store", "st", "--ratio", "0.25", "-o", str(tmp_path / "b.py")]) == 2
     assert "custom_imports is 'my.module'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("loader", "inner", "drop_last"),
+    [
+        ("", None, None),  # no batch sampler: ours alone
+        ("batch_sampler=None, ", None, None),  # an explicit None is replaced, not merged into (mmengine refuses that)
+        ("batch_sampler=dict(type='AspectRatioBatchSampler'), drop_last=True, ", "AspectRatioBatchSampler", False),
+    ],
+)
+def test_mmseg_batch_sampler_is_ours_holding_the_bases_own(tmp_path, loader, inner, drop_last):
+    pytest.importorskip("mmseg")
+    from synthaug.integrations.mmseg.wrap_config import load
+
+    base = tmp_path / "user.py"
+    base.write_text(f"train_dataloader = dict(batch_size=2, {loader}dataset=dict(type='MyDataset'))\n")
+    out = tmp_path / "mix.py"
+    assert cli(["wrap-config", str(base), "--store", "st", "--ratio", "0.3", "-o", str(out)]) == 0
+    made = load(str(out)).train_dataloader
+    assert made.batch_sampler.type == "SynthaugBatchSampler" and "_delete_" not in made.batch_sampler
+    assert (made.batch_sampler.get("batch_sampler") or {}).get("type") == inner
+    # torch refuses drop_last beside a batch sampler: the base's moves into ours
+    assert made.get("drop_last") == drop_last and made.batch_sampler.get("drop_last") == (True if inner else None)

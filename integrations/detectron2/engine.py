@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from detectron2.config import CfgNode
 from detectron2.data.build import get_detection_dataset_dicts
@@ -159,7 +160,7 @@ def with_synthaug(trainer_cls):
             self._synthaug_producer = None
             if cfg.SYNTHAUG.STORE and p.CONFIG:  # start before the train loader waits for samples
                 self._synthaug_producer = SyntheticProducerHook(
-                    cfg.SYNTHAUG.STORE, p.CONFIG, p.DEVICE, p.TARGET_POOL or None
+                    cfg.SYNTHAUG.STORE, config=p.CONFIG, device=p.DEVICE, target_pool=p.TARGET_POOL or None
                 )
             super().__init__(cfg)
 
@@ -200,34 +201,17 @@ class SyntheticProducerHook(HookBase):
     construction (before the train loader waits for samples), restarted with back-off if it dies, stopped
     after training; its rate, produced count and restarts go to EventStorage as synthaug/producer_*."""
 
-    def __init__(
-        self,
-        store: str,
-        config: str | None = None,
-        device: str = "cpu",
-        target_pool: int | None = None,
-        max_samples: int | None = None,
-        retire_grace_s: float = 600.0,
-        cpu_threads: int = 1,
-        nice: int = 10,
-    ) -> None:
+    def __init__(self, store: str, **producer: Any) -> None:
+        """`producer`: ProducerSupervisor's settings (config, device, target_pool, max_samples,
+        retire_grace_s, cpu_threads, nice), with its defaults."""
         from detectron2.utils import comm
 
         from synthaug.supervisor import ProducerSupervisor
 
         self.supervisor = None
         if comm.is_main_process():
-            self.supervisor = ProducerSupervisor(
-                store,
-                config=config,
-                device=device,
-                target_pool=target_pool,
-                max_samples=max_samples,
-                retire_grace_s=retire_grace_s,
-                cpu_threads=cpu_threads,
-                nice=nice,
-                log_fn=logging.getLogger("detectron2").info,
-            )
+            log_fn = logging.getLogger("detectron2").info
+            self.supervisor = ProducerSupervisor(store, **producer, log_fn=log_fn)
             self.supervisor.start()
 
     def after_step(self) -> None:

@@ -21,7 +21,7 @@ from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY
 from synthaug.integrations.detectron2.data import MixAsDataset, SyntheticSafeMapper
 
 from synthaug.mix import COUNTERS, LOGGED_COUNTERS, ConsumedTally, SyntheticMixDataset
-from synthaug.mix_plan import PlannedSampler
+from synthaug.mix_plan import PlannedSampler, untag
 
 log = logging.getLogger("detectron2.synthaug")
 LOG_PERIOD = 20  # detectron2's DefaultTrainer writes metrics every 20 iterations
@@ -52,9 +52,7 @@ class SynthaugTrainLoader:
         # all ranks together (the total batch): what one iteration takes from the mix
         self.images_per_iteration = int(images_per_iteration or getattr(loader, "batch_size", None) or 1)
         # iterations the workers may run ahead of training: epochs are planned that far ahead
-        self.lookahead = 4 + 2 * int(getattr(loader, "num_workers", 0) or 0) * int(
-            getattr(loader, "prefetch_factor", 2) or 2
-        )
+        self.lookahead = lookahead_iterations(loader, self.images_per_iteration)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -71,9 +69,9 @@ class SynthaugTrainLoader:
             self.mix.resume_at(start)
             self.mix.plan_ahead(start, self.lookahead)
         for step, batch in enumerate(self.loader):
+            self.mix.plan_ahead(start + step, self.lookahead)  # the batches taken since start, trainer or not
             storage = current_storage()
             iteration = storage.iter if storage is not None else start + step
-            self.mix.plan_ahead(iteration, self.lookahead)
             if self.drive:
                 self.before_iteration(iteration)
             flags = synthetic_flags(batch)
@@ -219,6 +217,35 @@ def wrap_train_loader(loader: Any, dataset: MixAsDataset, **options: Any) -> Syn
     return wrapped
 
 
+def lookahead_iterations(loader: Any, images_per_iteration: int) -> int:
+    """Iterations that DataLoader workers may run ahead of training, so epochs are planned before they get there:
+    each of W workers prefetches `prefetch_factor` items or batches and detectron2 shards the sampler in
+    chunks of a batch, so positions run up to about W * (B + prefetch) ahead of the one being trained."""
+    per_rank = max(1, images_per_iteration // comm.get_world_size())
+    ahead = 0
+    for obj in reachable(loader):
+        if isinstance(obj, torch.utils.data.DataLoader) and obj.num_workers:
+            batch = obj.batch_size or 1
+            ahead += obj.num_workers * (per_rank + (obj.prefetch_factor or 2) * batch)
+    return 4 + -(-ahead // per_rank)
+
+
+class PlainIndices(set):
+    """detectron2's MapDataset keeps every index it mapped, to retry with one when the mapper returns None. Tagged
+    indices are all different (synthaug.mix_plan), so the set would grow without end: this one keeps plain
+    indices only (a retry is a plain index, served from the plan's epoch of the training clock)."""
+
+    def __init__(self, length: int, keys=()) -> None:
+        super().__init__(untag(k, length)[0] for k in keys)
+        self.length = length
+
+    def add(self, key: int) -> None:
+        super().add(untag(key, self.length)[0])
+
+    def discard(self, key: int) -> None:
+        super().discard(untag(key, self.length)[0])
+
+
 def plan_samplers(loader: Any, mix: SyntheticMixDataset, images_per_iteration: int) -> int:
     """Wrap the sampler of each ToIterableDataset over the mix in a PlannedSampler, so every index carries its
     place in training into the worker that maps it (see synthaug.mix_plan); returns how many were wrapped."""
@@ -231,12 +258,16 @@ def plan_samplers(loader: Any, mix: SyntheticMixDataset, images_per_iteration: i
         if not isinstance(sampler, PlannedSampler):
             obj.sampler = PlannedSampler(sampler, mix, max(1, images_per_iteration // world), world)
         wrapped += 1
+    for obj in reachable(loader):  # the MapDatasets over the mix keep plain indices for their retries
+        candidates = getattr(obj, "_fallback_candidates", None)
+        if isinstance(candidates, set) and not isinstance(candidates, PlainIndices) and reaches_mix(obj, mix):
+            obj._fallback_candidates = PlainIndices(len(mix), candidates)
     return wrapped
 
 
 def reaches_mix(obj: Any, mix: SyntheticMixDataset) -> bool:
     """Whether `mix` is reachable below `obj` (its dataset chain)."""
-    return any(getattr(o, "mix", None) is mix for o in reachable(getattr(obj, "dataset", None)))
+    return any(getattr(o, "mix", None) is mix for o in reachable(obj))
 
 
 def reachable(root: Any, depth: int = 8) -> Iterator[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mmengine.hooks import Hook
@@ -239,28 +240,10 @@ class SyntheticProducerHook(Hook):
 
     priority = "LOW"
 
-    def __init__(
-        self,
-        store: str,
-        config: str | None = None,
-        device: str = "cpu",
-        target_pool: int | None = None,
-        max_samples: int | None = None,
-        log_interval: int = 10,
-        retire_grace_s: float = 600.0,
-        cpu_threads: int = 1,
-        nice: int = 10,
-    ) -> None:
-        self.kwargs = dict(
-            store=store,
-            config=config,
-            device=device,
-            target_pool=target_pool,
-            max_samples=max_samples,
-            retire_grace_s=retire_grace_s,
-            cpu_threads=cpu_threads,
-            nice=nice,
-        )
+    def __init__(self, store: str, log_interval: int = 10, **producer: Any) -> None:
+        """`producer`: ProducerSupervisor's settings (config, device, target_pool, max_samples,
+        retire_grace_s, cpu_threads, nice), with its defaults."""
+        self.kwargs = dict(store=store, **producer)
         self.log_interval = log_interval
         self.supervisor = None
         # Started here, when the runner builds its hooks, not in before_run: mmengine builds the training

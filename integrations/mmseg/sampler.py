@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from mmseg.registry import DATA_SAMPLERS
-from synthaug.integrations.mmseg.hooks import find_mix
 
+from synthaug.mix import SyntheticMixDataset
 from synthaug.mix_plan import PlannedBatchSampler
 
 
@@ -26,12 +26,12 @@ class SynthaugBatchSampler(PlannedBatchSampler):
         dataset = getattr(sampler, "dataset", None)
         if hasattr(dataset, "full_init"):
             dataset.full_init()
-        mix = find_mix(dataset)
-        if mix is None:
+        mix = getattr(dataset, "mix", None)  # not through wrappers: RepeatDataset's idx % len drops the tags
+        if not isinstance(mix, SyntheticMixDataset):
             raise ValueError(
-                "train_dataloader.batch_sampler=SynthaugBatchSampler needs train_dataloader.dataset to be a "
-                f"SyntheticMixSegDataset, but its sampler's dataset is {type(dataset).__name__}: use `synthaug "
-                "wrap-config`, or remove the batch_sampler"
+                "train_dataloader.batch_sampler=SynthaugBatchSampler needs train_dataloader.dataset to be the "
+                f"SyntheticMixSegDataset itself, but it is {type(dataset).__name__}: put wrappers (RepeatDataset, "
+                "ConcatDataset) inside it as its `real` dataset (`synthaug wrap-config` does), or remove the batch_sampler"
             )
         if isinstance(batch_sampler, dict):
             batch_sampler = DATA_SAMPLERS.build(

@@ -64,7 +64,7 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
     if not any(isinstance(h, dict) and h.get("type") == HOOK_TYPE for h in hooks):  # keep the user's own settings
         hooks.append({"type": HOOK_TYPE, "interval": interval})
     allow_failed = bool(imports_cfg.get("allow_failed_imports", False))
-    theirs = cfg.train_dataloader.get("batch_sampler")  # kept, inside ours
+    sampler_lines = batch_sampler_lines(cfg.train_dataloader)
     return (
         f"# Made by `synthaug wrap-config`: {config}, trained on its own data mixed with synthetic samples\n"
         f"# from {store}. Everything else (loader settings, schedule, model) is inherited from the base.\n"
@@ -78,15 +78,25 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
         f"        store={store!r},\n"
         f"        ratio={ratio!r},\n"
         f"        seed={seed!r},\n"
-        "    ),\n"
-        + (
-            f"    batch_sampler=dict(_delete_=True, type={SAMPLER_TYPE!r}, batch_sampler={plain(theirs)!r}),\n"
-            if theirs
-            else f"    batch_sampler=dict(type={SAMPLER_TYPE!r}),  # the planned, checkpointed draw\n"
-        )
-        + ")\n"
+        "    ),\n" + sampler_lines + ")\n"
         f"custom_hooks = {pprint.pformat(hooks, indent=4, width=100, sort_dicts=False)}\n"
     )
+
+
+def batch_sampler_lines(loader: Any) -> str:
+    """The loader's batch_sampler: ours (the planned, checkpointed draw), holding the base's own if it has one.
+    A base `drop_last=True` moves into it, since torch refuses drop_last beside a batch sampler."""
+    args = [f"type={SAMPLER_TYPE!r}"]
+    if "batch_sampler" in loader:  # replace the base's entry (None included) rather than merge into it
+        args.insert(0, "_delete_=True")
+    if loader.get("batch_sampler"):
+        args.append(f"batch_sampler={plain(loader['batch_sampler'])!r}")
+    lines = f"    batch_sampler=dict({', '.join(args)}),  # the planned, checkpointed draw\n"
+    if loader.get("drop_last"):
+        lines = (
+            lines.replace("),  #", ", drop_last=True),  #") + "    drop_last=False,  # moved into the batch sampler\n"
+        )
+    return lines
 
 
 def write_mix_config(config: str, store: str, ratio: float, out: Path, seed: int = 0, interval: int = 50) -> Path:
@@ -101,7 +111,7 @@ def write_mix_config(config: str, store: str, ratio: float, out: Path, seed: int
     draft.write_text(text)
     try:
         made, base = load(str(draft)).train_dataloader, load(config).train_dataloader
-        ours = ("dataset", "batch_sampler")
+        ours = ("dataset", "batch_sampler", "drop_last")
         changed = [k for k in base if k not in ours and plain(base[k]) != plain(made.get(k))]
         if changed or made.dataset.get("type") != MIX_TYPE or made.batch_sampler.get("type") != SAMPLER_TYPE:
             raise RuntimeError(f"{out} would not keep {config}'s train_dataloader {changed}; please report this")

@@ -65,6 +65,19 @@ def object_maps(token_maps: torch.Tensor, token_groups: Sequence[Sequence[int]])
     return normalise(torch.stack([token_maps[list(g)].sum(0) for g in token_groups]))
 
 
+def image_object_maps(
+    captured: CapturedAttention,
+    index: int,
+    factors: Sequence[int],
+    groups: Sequence[Sequence[int]],
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """(K, H, W) normalised cross-attention maps of each object of image `index` of a captured batch, read at
+    `factors` and resized to `size` (what every annotator starts from)."""
+    cross = {f: m[index : index + 1] for f, m in captured.cross_maps().items()}
+    return object_maps(aggregate_maps(cross, factors, size)[0], groups)
+
+
 class CrossAttentionAnnotator:
     """DiffuMask-style masks from captured cross-attention; parameters in CrossAttentionParams."""
 
@@ -98,5 +111,5 @@ class CrossAttentionAnnotator:
         class_ids: Sequence[int] | None = None,
     ) -> ObjectMaps:
         """(K, H, W) object maps in [0, 1] of image `index` of a captured batch."""
-        cross = {f: m[index : index + 1] for f, m in captured.cross_maps().items()}
-        return ObjectMaps(object_maps(aggregate_maps(cross, self.params.factors, size)[0], groups))
+        assert self.params.factors is not None, "call prepare_annotator(annotator, model=model) first"
+        return ObjectMaps(image_object_maps(captured, index, self.params.factors, groups, size))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from synthaug.annotators.base import ObjectMaps
-from synthaug.annotators.cross_attention import aggregate_maps, object_maps
+from synthaug.annotators.cross_attention import image_object_maps
 from synthaug.annotators.decoder_file import check_model_signature, load_decoder
 from synthaug.annotators.decoder_net import allowed_classes, class_attention, decode_instances, predict
 from synthaug.annotators.labels import LabelRule
@@ -133,8 +133,7 @@ class DecoderAnnotator:
             self.cfg.num_classes,
             size,  # type: ignore[arg-type]
         )
-        cross = {f: m[index : index + 1] for f, m in captured.cross_maps().items()}
-        objects = object_maps(aggregate_maps(cross, self.cfg.attention_factors, size)[0], groups)  # type: ignore[arg-type]
+        objects = image_object_maps(captured, index, self.cfg.attention_factors, groups, size)  # type: ignore[arg-type]
         allowed = allowed_classes(class_ids, self.cfg.num_classes, self.cfg.background_id)[None]
         dev = next(self.net.parameters()).device
         with torch.no_grad():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from synthaug.annotators.base import ObjectMaps
-from synthaug.annotators.cross_attention import aggregate_maps, normalise, object_maps
+from synthaug.annotators.cross_attention import image_object_maps, normalise
 from synthaug.annotators.labels import LabelRule
 from synthaug.attention import CapturedAttention, CaptureSpec
 
@@ -71,8 +71,7 @@ def self_refined_maps(
     if params.self_factor not in self_maps:
         raise ValueError(f"self-attention factor {params.self_factor} was not captured (captured: {sorted(self_maps)})")
     grid = captured.grid(params.self_factor)
-    cross = {f: m[index : index + 1] for f, m in captured.cross_maps().items()}
-    obj = object_maps(aggregate_maps(cross, params.cross_factors, grid)[0], groups)
+    obj = image_object_maps(captured, index, params.cross_factors, groups, grid)
     refined = refine_with_affinity(obj, self_maps[params.self_factor][index].to(obj.dtype), params.power)
     return normalise(F.interpolate(refined[None], size=size, mode="bilinear", align_corners=False)[0])
 

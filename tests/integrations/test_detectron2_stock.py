@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY, register_coc
 from synthaug.integrations.detectron2.loader import reachable
 
 from synthaug.imageio import read_mask
-from synthaug.mix_plan import PlannedSampler
+from synthaug.mix_plan import MixPlan, PlannedSampler
 from synthaug.sample import Instance, Sample
 from synthaug.store import StoreWriter, create_store
 from synthaug.toy.world import TOY_VOCABULARY, render_seed
@@ -316,7 +318,10 @@ def test_a_users_build_train_loader_mapper_and_repeat_factor_sampler_are_kept(wo
     from detectron2.data.samplers import RepeatFactorTrainingSampler
     from detectron2.utils.events import EventStorage
 
+    store = tmp_path / "store"
+    shutil.copytree(world / "store", store)
     opts = ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "SYNTHAUG.VIS_PERIOD", "1"]
+    opts += ["SYNTHAUG.STORE", str(store)]
     trainer = UserTrainer(toy_cfg(world, tmp_path, *opts, "SOLVER.MAX_ITER", "4"))
     samplers = [getattr(o, "sampler", None) for o in reachable(trainer.data_loader)]
     assert any(isinstance(s, PlannedSampler) and isinstance(s.sampler, RepeatFactorTrainingSampler) for s in samplers)
@@ -328,22 +333,24 @@ def test_a_users_build_train_loader_mapper_and_repeat_factor_sampler_are_kept(wo
     trainer.train()
     saved = trainer.state_dict()["hooks"]["SyntheticPoolHook"]
     assert saved["consumed"]["synthetic"] == trainer.storage.history("synthaug/consumed_synthetic").latest() > 0
+    planned = MixPlan.from_state(saved["plan"]).snapshots
+    with StoreWriter(store, "grown", fsync=False) as w:  # a producer adds a sample before the resume
+        w.add(render_seed(900, 64).to_sample())
     resumed = UserTrainer(toy_cfg(world, tmp_path, *opts, "SOLVER.MAX_ITER", "6"))
     resumed.resume_or_load(resume=True)  # counters go on from the checkpoint, not from 0; the plan is restored
     assert resumed.data_loader.consumed.state_dict() == saved["consumed"]
-    assert (
-        saved["plan"]["epochs"]
-        and resumed.data_loader.mix.plan_state()["plan"]["epochs"].items() >= saved["plan"]["epochs"].items()
-    )
+    restored = resumed.data_loader.mix.plan.snapshots
+    assert planned and all(restored[e] == snap for e, snap in planned.items()) and "grown" not in restored[0]
     resumed.train()
     total = resumed.data_loader.consumed
     assert total.real + total.synthetic == sum(saved["consumed"].values()) + 2 * 2
-    assert sorted(p.name for p in (world / "store").iterdir()) == ["segments", "store.json"]  # nothing written
+    assert sorted(p.name for p in store.iterdir()) == ["segments", "store.json"]  # training wrote nothing
 
 
 def served_synthetic(world: Path, out: Path, batches: int) -> list[list[str]]:
     """The synthetic sample ids of each of the first `batches` batches of the user's loader with 2 workers
-    (detectron2 shards its sampler inside them), detectron2's seed fixed as cfg.SEED fixes it."""
+    (detectron2 shards its sampler inside them, behind its aspect-ratio grouping), detectron2's seed fixed as
+    cfg.SEED fixes it. Every item was drawn from the snapshot planned for its epoch (none unplanned)."""
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import EventStorage
 
@@ -351,16 +358,21 @@ def served_synthetic(world: Path, out: Path, batches: int) -> list[list[str]]:
     loader = UserTrainer.build_train_loader(toy_cfg(world, out, "DATALOADER.NUM_WORKERS", "2"))
     assert loader.mix.planned
     with EventStorage(0):
-        return [sorted(d[SYNTHETIC_KEY] for d in b if d.get(SYNTHETIC_KEY)) for _, b in zip(range(batches), loader)]
+        ids = [sorted(d[SYNTHETIC_KEY] for d in b if d.get(SYNTHETIC_KEY)) for _, b in zip(range(batches), loader)]
+    assert loader.mix.counters()["unplanned"] == 0, "items drawn from a snapshot not planned for their epoch"
+    return ids
 
 
 def test_two_loaders_with_2_workers_serve_the_same_synthetic_items_and_the_draw_moves_on(world, tmp_path):
-    """12 real + 12 synthetic slots, 2 per batch: an epoch is 12 batches. Each synthetic item carries its
-    epoch from the sampler, so the draw changes from epoch to epoch although nothing sets the epoch."""
-    first = served_synthetic(world, tmp_path, 36)
-    assert first == served_synthetic(world, tmp_path, 36)
-    epochs = [Counter(x for b in first[e * 12 : (e + 1) * 12] for x in b) for e in range(3)]
-    assert all(sum(c.values()) > 6 for c in epochs) and epochs[0] != epochs[1] != epochs[2]
+    """12 real + 12 synthetic slots, 2 per batch: an epoch is 12 batches, and 4 epochs are served. Each synthetic
+    item carries its epoch from the sampler, so the draw changes from epoch to epoch although nothing sets the
+    epoch; the main process plans epochs ahead of the workers as it goes, so none waits for one."""
+    t0 = time.monotonic()
+    first = served_synthetic(world, tmp_path, 48)
+    assert time.monotonic() - t0 < 60, "workers waited for epochs to be planned"
+    assert first == served_synthetic(world, tmp_path, 48)
+    epochs = [tuple(sorted(x for b in first[e * 12 : (e + 1) * 12] for x in b)) for e in range(4)]
+    assert all(len(e) > 6 for e in epochs) and len(set(epochs)) == 4
 
 
 def test_failing_synthetic_items_are_skipped_and_counted_real_errors_propagate(world, tmp_path):
