@@ -99,12 +99,8 @@ def annotator_rows(ev: ToyEvaluation, names: Iterable[str]) -> dict[str, dict[st
     """Per annotator: mIoU (all images, ignore counted wrong, faithful images), per class, cost, instance counts."""
     return {
         name: {
-            "miou": round(ev.miou[name], 3),
-            "miou_ignore_wrong": round(ev.miou_ignore_wrong[name], 3),
-            "ignore_share": round(ev.ignore_share[name], 4),
+            **ev.row(name),
             "miou_faithful": round(ev.miou_faithful.get(name, float("nan")), 3),
-            "per_class": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[name])),
-            "annotate_ms_per_image": round(1000 * ev.annotate_seconds_per_image[name], 2),
             "instance_count_match": round(ev.instance_count_match[name], 3),
         }
         for name in names

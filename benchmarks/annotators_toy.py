@@ -106,16 +106,7 @@ def parse_args() -> argparse.Namespace:
 
 def annotator_rows(ev: ToyEvaluation, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Per annotator: mIoU (ignore left out and counted wrong), ignore share, per-class IoU and cost per image."""
-    return {
-        name: {
-            "miou": round(ev.miou[name], 3),
-            "miou_ignore_wrong": round(ev.miou_ignore_wrong[name], 3),
-            "ignore_share": round(ev.ignore_share[name], 4),
-            "per_class": dict(zip(TOY_VOCABULARY.names, ev.per_class_iou[name])),
-            "annotate_ms_per_image": round(1000 * ev.annotate_seconds_per_image[name], 2),
-        }
-        for name in names
-    }
+    return {name: ev.row(name) for name in names}
 
 
 def edge_vs_crf(

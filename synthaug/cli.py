@@ -7,6 +7,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command imports it when it runs, so that --help stays light
+    from synthaug.config import GenerationConfig
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -38,27 +42,31 @@ def _cmd_toy_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def _generation_config(args: argparse.Namespace) -> GenerationConfig:
+    """--config's generation settings (or the defaults), with --model on top."""
     from synthaug.config import GenerationConfig
-    from synthaug.generation_job import run_generation
 
     cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
-    if args.device:
-        cfg.device = args.device
     if args.model:
         cfg.model = args.model
+    return cfg
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthaug.generation_job import run_generation
+
+    cfg = _generation_config(args)
+    if args.device:
+        cfg.device = args.device
     n = run_generation(cfg, args.out, num=args.num)
     print(f"wrote {n} samples to {args.out}; look at them with: synthaug show {args.out} --out GALLERY_DIR")
     return 0
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from synthaug.config import GenerationConfig
     from synthaug.producer import Producer
 
-    cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
-    if args.model:
-        cfg.model = args.model
+    cfg = _generation_config(args)
     if args.threads:
         import torch
 

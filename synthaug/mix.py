@@ -49,7 +49,7 @@ COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped", "unplanned")
 #: What the integrations log from counters(), as synthaug_<key> (mmseg) or synthaug/<key> (detectron2).
 LOGGED_COUNTERS = ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped")
 _MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
-_SNAPSHOT_BYTES = 1 << 24  # 16 MiB of shared memory: a plan of thousands of distinct snapshots
+_SNAPSHOT_BYTES = 1 << 22  # 4 MiB of shared memory (/dev/shm): a plan of thousands of distinct snapshots
 _MAX_CORRUPT_RETRIES = 16
 _PLAN_WAIT_S = 10.0  # how long a worker waits for the main process to plan an epoch it reached
 
@@ -367,6 +367,12 @@ class SyntheticMixDataset:
             return "real", int(self._real_permutation(epoch)[(k - active) % self.n_real])
         assert self.pool is not None
         return "synthetic", int(self.pool.assignment(self.n_synthetic, epoch, self.seed)[k])
+
+    def _real_permutation(self, epoch: int) -> np.ndarray:
+        """The seeded order in which surplus synthetic slots serve real samples in `epoch` (ratio schedules)."""
+        if self._real_perm is None or self._real_perm[0] != epoch:
+            self._real_perm = (epoch, np.random.default_rng([self.seed, epoch, 0xEA1]).permutation(self.n_real))
+        return self._real_perm[1]
 
     def place(self, key: int) -> tuple[int, int, int]:
         """(index, epoch, iteration) of a dataset key: a planned sampler's tag carries them; a plain index

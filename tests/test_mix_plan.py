@@ -167,3 +167,18 @@ def test_a_resume_replays_a_long_plan_from_its_start_without_waiting(tmp_path, r
     again = served(resumed, 150, workers=2, start=120, plan=checkpoint, batch=16)
     assert again == first[120:] and resumed.counters()["unplanned"] == 0
     assert time.monotonic() - t0 < 120, "workers waited for epochs the plan held"
+
+
+def test_a_plan_too_large_for_shared_memory_keeps_its_newest_epochs(monkeypatch):
+    """Workers read the plan from a fixed shared buffer; a plan that outgrows it loses its oldest epochs (a
+    worker that meets one draws from the nearest planned epoch and counts it), never the run."""
+    import synthaug.mix as mix_module
+
+    monkeypatch.setattr(mix_module, "_SNAPSHOT_BYTES", 4096)
+    shared = mix_module._SharedState()
+    plan = MixPlan({e: {f"segment-{k}": e for k in range(20)} for e in range(100)})
+    shared.publish({"a": 1}, plan)
+    _, latest, seen = shared.read(0)
+    assert latest == {"a": 1} and max(seen.snapshots) == 99 and 0 not in seen.snapshots
+    assert all(seen.snapshots[e] == plan.snapshots[e] for e in seen.snapshots)
+    assert shared.read(int(shared.clock[shared.GENERATION])) is None  # nothing new: nothing re-read

@@ -97,6 +97,17 @@ class ToyEvaluation:
     images: list[np.ndarray] = field(repr=False, default_factory=list)
     masks: dict[str, list[np.ndarray]] = field(repr=False, default_factory=dict)
 
+    def row(self, name: str) -> dict[str, Any]:
+        """Annotator `name`'s scores as benchmark artefacts record them: mIoU (ignore left out and counted
+        wrong), the ignore share, per-class IoU and the annotation cost per image."""
+        return {
+            "miou": round(self.miou[name], 3),
+            "miou_ignore_wrong": round(self.miou_ignore_wrong[name], 3),
+            "ignore_share": round(self.ignore_share[name], 4),
+            "per_class": dict(zip(TOY_VOCABULARY.names, self.per_class_iou[name])),
+            "annotate_ms_per_image": round(1000 * self.annotate_seconds_per_image[name], 2),
+        }
+
 
 def shape_breakdown(checks: Sequence[ObjectCheck]) -> tuple[dict[str, float], dict[str, dict[str, int]]]:
     """Fidelity per prompted shape, and the shapes its colour-correct objects were seen as."""
