@@ -133,10 +133,10 @@ class _SharedState:
     (epoch, iteration), the layout of planned positions, the resume position, counters, and the published
     snapshots (the latest one adopted and the plan)."""
 
-    EPOCH, ITERATION, GENERATION, BATCH, WORLD, START = range(6)
+    EPOCH, ITERATION, GENERATION, BATCH, WORLD, START, PER_EPOCH, BATCHES_PER_EPOCH = range(8)
 
     def __init__(self) -> None:
-        self.clock = torch.zeros(6, dtype=torch.int64).share_memory_()
+        self.clock = torch.zeros(8, dtype=torch.int64).share_memory_()
         self.counters = torch.zeros(_MAX_PROCS, len(COUNTERS), dtype=torch.int64).share_memory_()
         self.snapshot = torch.zeros(_SNAPSHOT_BYTES, dtype=torch.uint8).share_memory_()
         self.snapshot_len = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -186,8 +186,10 @@ class _SharedState:
 
     @property
     def layout(self) -> Layout | None:
-        batch, world = int(self.clock[self.BATCH]), int(self.clock[self.WORLD])
-        return Layout(batch, world) if batch else None
+        batch, world, per_epoch, batches = (
+            int(self.clock[k]) for k in (self.BATCH, self.WORLD, self.PER_EPOCH, self.BATCHES_PER_EPOCH)
+        )
+        return Layout(batch, world, per_epoch, batches) if batch else None
 
 
 def _proc_row() -> int:
@@ -397,6 +399,8 @@ class SyntheticMixDataset:
         """Planned samplers call this: how stream positions map to epochs and iterations."""
         self.state.clock[_SharedState.BATCH] = layout.batch_size
         self.state.clock[_SharedState.WORLD] = layout.world_size
+        self.state.clock[_SharedState.PER_EPOCH] = layout.per_epoch
+        self.state.clock[_SharedState.BATCHES_PER_EPOCH] = layout.batches_per_epoch
 
     @property
     def start_position(self) -> int:

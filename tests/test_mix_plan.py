@@ -182,3 +182,41 @@ def test_a_plan_too_large_for_shared_memory_keeps_its_newest_epochs(monkeypatch)
     assert latest == {"a": 1} and max(seen.snapshots) == 99 and 0 not in seen.snapshots
     assert all(seen.snapshots[e] == plan.snapshots[e] for e in seen.snapshots)
     assert shared.read(int(shared.clock[shared.GENERATION])) is None  # nothing new: nothing re-read
+
+
+class EpochSampler:
+    """A finite sampler with an epoch, as mmengine's DefaultSampler: a seeded permutation per epoch, padded to a
+    whole number of samples per rank (here: len(mix) + 2 padding positions)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch)).tolist()
+        return iter(order + order[:2])
+
+    def __len__(self) -> int:
+        return self.n + 2
+
+
+def test_an_epoch_loop_s_items_carry_its_own_epochs_and_iterations(tmp_path, real):
+    """With DefaultSampler-like epochs (padding included, a short last batch) the items of the loop's epoch e
+    are planned in epoch e, at the loop's own iterations; an epoch never told to the sampler still moves on."""
+    store = create_store(tmp_path / "s", TOY_VOCABULARY)
+    fill(store, range(30), "g")
+    mix = SyntheticMixDataset(real, store, ratio=0.5, seed=1)
+    sampler = EpochSampler(len(mix))  # 50 positions per epoch: 13 batches of 4, the last one of 2
+    planned = PlannedBatchSampler(mix, BATCH, sampler=sampler)
+    assert len(planned) == 13
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for b, keys in enumerate(planned):
+            places = [mix.place(k)[1:] for k in keys]
+            assert places == [(epoch, epoch * 13 + b)] * len(keys)
+    assert sorted(mix.plan.snapshots) == [0, 1, 2]
+    # A loop that never calls set_epoch: the stream goes on from where the last epoch stopped.
+    sampler.set_epoch(0)
+    assert {mix.place(k)[1] for k in next(iter(planned))} == {3}
