@@ -497,6 +497,11 @@ class SyntheticMixDataset:
         self._seen = (self._generation, dict(self._latest), MixPlan(dict(self.plan.snapshots)))
         return size
 
+    def refresh_due(self, iteration: int, interval: int) -> bool:
+        """Whether a hook should call refresh() at `iteration`: every `interval` iterations, unless a planned
+        sampler feeds the mix (its store growth is adopted at epoch starts, as the plan decides)."""
+        return not self.planned and iteration > 0 and iteration % interval == 0
+
     def _agreed_snapshot(self) -> dict[str, int]:
         """What the store holds now, as rank 0 sees it (every rank must call this at the same point)."""
         assert self.pool is not None

@@ -220,3 +220,23 @@ def test_an_epoch_loop_s_items_carry_its_own_epochs_and_iterations(tmp_path, rea
     # A loop that never calls set_epoch: the stream goes on from where the last epoch stopped.
     sampler.set_epoch(0)
     assert {mix.place(k)[1] for k in next(iter(planned))} == {3}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"seed": 0, "plan": {"runs": [[0, 3, 7]], "changes": [{"g": 1}]}},  # points at a snapshot that is not there
+        {"seed": 0, "plan": {"runs": "0-3", "changes": None}},  # wrong types
+        {"seed": 0, "plan": {"runs": [[0, 0, 0]], "changes": [{"g": "many"}]}},  # a count that is no number
+        {"seed": 99, "plan": {"runs": [[0, 0, 0]], "changes": [{"g": 1}]}},  # another run's seed
+    ],
+)
+def test_a_malformed_or_foreign_checkpoint_plan_is_ignored_with_a_warning(tmp_path, real, state, caplog):
+    """A resume never fails over the plan a checkpoint holds: the run keeps the plan it has, and says why."""
+    store = create_store(tmp_path / "s", TOY_VOCABULARY)
+    fill(store, range(10), "g")
+    mix = SyntheticMixDataset(real, store, ratio=0.5, seed=0)
+    before = copy.deepcopy(mix.plan)
+    with caplog.at_level("WARNING", logger="synthaug.mix"):
+        mix.load_plan_state(state)
+    assert mix.plan == before and "synthaug" in caplog.text

@@ -132,7 +132,7 @@ class SyntheticPoolHook(HookBase):
 
     def before_step(self) -> None:
         it = self.trainer.iter
-        if not self.mix.planned and it and it % self.interval == 0:  # planned: new samples join at epoch starts
+        if self.mix.refresh_due(it, self.interval):
             self.mix.refresh()
         self.mix.follow(it, self.images_per_iter)
 

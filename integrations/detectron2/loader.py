@@ -84,7 +84,7 @@ class SynthaugTrainLoader:
 
     def before_iteration(self, iteration: int) -> None:
         """Refresh the pool every `refresh_interval` iterations and tell the mix where training is."""
-        if not self.mix.planned and iteration and iteration % self.refresh_interval == 0:  # else: at epoch starts
+        if self.mix.refresh_due(iteration, self.refresh_interval):
             self.mix.refresh()
         self.mix.follow(iteration, self.images_per_iteration)
 

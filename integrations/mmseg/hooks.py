@@ -96,7 +96,7 @@ class SyntheticPoolHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self.mix is None:
             return
-        if not self.mix.planned and runner.iter and runner.iter % self.interval == 0:  # else: at epoch starts
+        if self.mix.refresh_due(runner.iter, self.interval):
             t0 = time.perf_counter()
             self.mix.refresh()
             self.refresh_ms = 1000 * (time.perf_counter() - t0)
