@@ -186,10 +186,13 @@ class _SharedState:
 
     @property
     def layout(self) -> Layout | None:
-        batch, world, per_epoch, batches = (
-            int(self.clock[k]) for k in (self.BATCH, self.WORLD, self.PER_EPOCH, self.BATCHES_PER_EPOCH)
-        )
-        return Layout(batch, world, per_epoch, batches) if batch else None
+        return self.layout_of(self.clock.tolist())
+
+    @classmethod
+    def layout_of(cls, clock: list[int]) -> Layout | None:
+        """The planned sampler's layout in a read of the clock (None when no planned sampler set one)."""
+        batch = clock[cls.BATCH]
+        return Layout(batch, clock[cls.WORLD], clock[cls.PER_EPOCH], clock[cls.BATCHES_PER_EPOCH]) if batch else None
 
 
 def _proc_row() -> int:
@@ -380,12 +383,13 @@ class SyntheticMixDataset:
         """(index, epoch, iteration) of a dataset key: a planned sampler's tag carries them; a plain index
         takes the hooks' clock. Also adopts the snapshot that epoch draws from, if it is not held."""
         index, position = untag(key, len(self))
-        layout = self.state.layout
+        clock = self.state.clock.tolist()  # one read of the shared clock per item: this is the loader's hot path
+        layout = _SharedState.layout_of(clock)
         if position is None or layout is None:
-            epoch, iteration = self.epoch, self.iteration
+            epoch, iteration = clock[_SharedState.EPOCH], clock[_SharedState.ITERATION]
         else:
             epoch, iteration = layout.epoch(position, len(self)), layout.iteration(position)
-        self._hold(epoch, tagged=position is not None)
+        self._hold(epoch, tagged=position is not None, clock=clock)
         return index, epoch, iteration
 
     # ------------------------------------------------------------------------------------------ the plan
@@ -449,15 +453,18 @@ class SyntheticMixDataset:
         self.plan.snapshots.update(saved.snapshots)
         self._generation = self.state.publish(self._latest, self.plan)
 
-    def _hold(self, epoch: int, tagged: bool = False) -> None:
+    def _hold(self, epoch: int, tagged: bool = False, clock: list[int] | None = None) -> None:
         """Adopt the snapshot `epoch` draws from: the plan's once a planned sampler feeds the mix (for a plain
-        index too, such as a wrapper's retry), else the latest published."""
+        index too, such as a wrapper's retry), else the latest published. `clock`: a read of the shared clock
+        the caller already made."""
         if self.pool is None:
             return
-        self._seen = self.state.read(self._seen[0]) or self._seen
+        clock = clock if clock is not None else self.state.clock.tolist()
+        if clock[_SharedState.GENERATION] != self._seen[0]:
+            self._seen = self.state.read(self._seen[0]) or self._seen
         _, latest, plan = self._seen
         snapshot = latest
-        if self.planned:
+        if _SharedState.layout_of(clock) is not None:
             snapshot = plan.snapshots.get(epoch) or self._unplanned(epoch, tagged)
         if snapshot != self.pool.snapshot:
             self.pool.adopt(snapshot)
