@@ -1,5 +1,5 @@
-"""The `synthaug` command line: demo, generate, produce, train-annotator, toy-data, verify, stats, export, show,
-wrap-config."""
+"""The `synthaug` command line: demo, generate, produce, train-annotator, toy-data, verify, index, stats, export,
+show, wrap-config."""
 
 from __future__ import annotations
 
@@ -73,6 +73,19 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.nice:
         os.nice(args.nice)  # yield the CPU to the training run it feeds
+    scoring = None
+    if (args.score_config is None) != (args.score_work_dir is None):
+        raise ValueError(
+            "--score-config and --score-work-dir go together: the config and where its run writes checkpoints"
+        )
+    if args.score_config is not None:
+        from synthaug.scoring import LiveScoring
+
+        if args.score_every < 1:
+            raise ValueError(f"--score-every {args.score_every} must be >= 1 (batches between checkpoint polls)")
+        scoring = LiveScoring(
+            args.score_config, args.score_work_dir, args.score_framework, cfg.device, args.margin, args.score_every
+        )
     producer = Producer(
         cfg,
         args.store,
@@ -82,6 +95,9 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         segment=args.segment,
         retire_grace_s=args.retire_grace,
         parent_pid=args.parent_pid,
+        scoring=scoring,
+        hardness_bias=args.hardness_bias,
+        hardness_cap=args.hardness_cap,
     )
     print(f"[produce] segment {producer.segment} on {producer.cfg.device} into {args.store}", flush=True)
     n = producer.run()
@@ -135,6 +151,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from synthaug.store_ops import index_store
+
+    report = index_store(args.store, rebuild=args.rebuild)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     import json
 
@@ -158,6 +182,29 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     page = write_gallery(args.store, args.out, limit=args.limit)
     print(f"gallery: {page}\ncontact sheet: {page.parent / 'contact_sheet.png'}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from synthaug.scoring import FilterRule, Scores, load_loss_model, score_store
+
+    model = load_loss_model(args.framework, args.config, args.checkpoint, args.device)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rscored {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    path = score_store(
+        args.store,
+        model,
+        FilterRule(margin=args.margin),
+        tag=args.tag or Path(args.checkpoint).stem,
+        batch_size=args.batch_size,
+        progress=progress if sys.stderr.isatty() else None,
+    )
+    header = Scores.read(path).header
+    print(f"scores of {header['samples']} samples ({header['unreadable']} unreadable) by {args.checkpoint}: {path}")
+    for name, share in header["class_ignored_share"].items():
+        print(f"  {name}: mean loss {header['class_mean_loss'][name]}, ignored share {share}")
     return 0
 
 
@@ -211,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone (supervisors)")
     prod.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     prod.add_argument("--nice", type=int, default=0, help="lower the process priority by N (Unix nice)")
+    prod.add_argument(
+        "--score-config",
+        type=Path,
+        default=None,
+        help="re-score the store with each new checkpoint of this training config",
+    )
+    prod.add_argument("--score-work-dir", type=Path, default=None, help="the training run's work dir (last_checkpoint)")
+    prod.add_argument("--score-framework", choices=["mmseg"], default="mmseg")
+    prod.add_argument("--score-every", type=int, default=1, help="look for a new checkpoint every N batches")
+    prod.add_argument(
+        "--margin", type=float, default=1.25, help="scoring: ignore pixels above margin x class mean loss"
+    )
+    prod.add_argument("--hardness-bias", action="store_true", help="prompt for hard classes more often (needs scores)")
+    prod.add_argument("--hardness-cap", type=float, default=3.0, help="largest class weight over the mean (default: 3)")
     prod.set_defaults(func=_cmd_produce)
 
     ta = sub.add_parser(
@@ -257,10 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--jobs", type=int, default=1, help="threads that read samples back (default: 1)")
     verify.set_defaults(func=_cmd_verify)
 
+    sc = sub.add_parser(
+        "score", help="score every sample with a trained model's per-pixel loss; the mix then ignores noisy pixels"
+    )
+    sc.add_argument("store", type=Path)
+    sc.add_argument("--framework", choices=["mmseg"], default="mmseg")
+    sc.add_argument("--config", required=True, help="the model's training config")
+    sc.add_argument("--checkpoint", required=True, help="a checkpoint of that config (trained on the store's classes)")
+    sc.add_argument("--device", default="cpu")
+    sc.add_argument("--margin", type=float, default=1.25, help="ignore pixels above margin x their class's mean loss")
+    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--tag", default=None, help="a name for the scores file (default: the checkpoint's name)")
+    sc.set_defaults(func=_cmd_score)
+
     st = sub.add_parser("stats", help="counts per class and segment, quality distribution")
     st.add_argument("store", type=Path)
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_cmd_stats)
+
+    ix = sub.add_parser("index", help="write the index of each sealed segment, so the store opens fast (optional)")
+    ix.add_argument("store", type=Path)
+    ix.add_argument("--rebuild", action="store_true", help="rewrite every sealed segment's index from its manifest")
+    ix.set_defaults(func=_cmd_index)
 
     ex = sub.add_parser("export", help="write the store as mmseg folders, COCO JSON or WebDataset tar shards")
     ex.add_argument("store", type=Path)

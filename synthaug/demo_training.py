@@ -12,11 +12,13 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mmseg"
 _CLASS_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*([\d.]+|nan)\s*\|\s*([\d.]+|nan)\s*\|$")
+_VAL_MIOU = re.compile(r"Iter\(val\).*\bmIoU: ([\d.]+)")
 _SCALAR = re.compile(r"(synthaug_\w+|mIoU): ([\d.]+)")
 
 
@@ -31,6 +33,7 @@ class TrainingResult:
     synthetic_served: int = 0
     wall_s: float = 0.0
     log: Path | None = None
+    scalars: dict[str, float] = field(default_factory=dict)  # the last synthaug_* figures the log shows
 
 
 def mmseg_train_script() -> Path:
@@ -60,24 +63,41 @@ def parse_log(text: str) -> tuple[dict[str, float], float, dict[str, float]]:
     return per_class, scalars.get("mIoU", float("nan")), scalars
 
 
-def train(workdir: Path, config: str, iters: int, batch: int, name: str) -> TrainingResult:
-    """Run tools/train.py on `config` in `workdir` (which holds data/), printing its progress."""
+def train(
+    workdir: Path,
+    config: str | Path,
+    iters: int,
+    batch: int,
+    name: str,
+    options: Sequence[str] = (),
+    val_interval: int | None = None,
+    quiet: bool = False,
+) -> TrainingResult:
+    """Run tools/train.py on `config` (a name in configs/mmseg, or a path) in `workdir` (which holds data/).
+
+    `options` are further `--cfg-options` (key=value); `val_interval` validates more often than once at
+    the end (the log then holds every validation, see `validation_curve`); `quiet` prints no progress.
+    """
     cmd = [
         sys.executable,
         str(mmseg_train_script()),
-        str(CONFIG_DIR / config),
+        str(config if Path(config).is_absolute() else CONFIG_DIR / config),
         "--work-dir",
         str(workdir / "work_dirs" / name),
         "--cfg-options",
         f"train_cfg.max_iters={iters}",
-        f"train_cfg.val_interval={iters}",
+        f"train_cfg.val_interval={val_interval or iters}",
         f"train_dataloader.batch_size={batch}",
         f"param_scheduler.0.end={iters}",
         f"default_hooks.checkpoint.interval={iters}",
         f"default_hooks.logger.interval={max(1, iters // 10)}",
+        *options,
     ]
     log_path = workdir / f"train_{name}.log"
-    print(f"[demo] training '{name}': mmseg tools/train.py {config}, {iters} iterations (log: {log_path})", flush=True)
+    if not quiet:
+        print(
+            f"[demo] training '{name}': mmseg tools/train.py {config}, {iters} iterations (log: {log_path})", flush=True
+        )
     t0 = time.perf_counter()
     lines: list[str] = []
     with (
@@ -88,7 +108,7 @@ def train(workdir: Path, config: str, iters: int, batch: int, name: str) -> Trai
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            if "Iter(train)" in line:
+            if "Iter(train)" in line and not quiet:
                 it = re.search(r"Iter\(train\) \[\s*(\d+)/(\d+)\]", line)
                 loss = re.search(r" loss: ([\d.]+)", line)
                 if it:
@@ -109,6 +129,7 @@ def train(workdir: Path, config: str, iters: int, batch: int, name: str) -> Trai
         synthetic_served=int(scalars.get("synthaug_served_synthetic", 0)),
         wall_s=time.perf_counter() - t0,
         log=log_path,
+        scalars=scalars,
     )
 
 
@@ -118,6 +139,11 @@ def compare(workdir: Path, iters: int = 600, batch: int = 8) -> list[TrainingRes
         train(workdir, "toy_fcn_real.py", iters, batch, "real_only"),
         train(workdir, "toy_fcn_mix.py", iters, batch, "real+synthetic"),
     ]
+
+
+def validation_curve(text: str, val_interval: int) -> list[tuple[int, float]]:
+    """(iteration, mIoU) of every validation in the log of an iteration-based run validated every `val_interval`."""
+    return [((k + 1) * val_interval, float(v)) for k, v in enumerate(_VAL_MIOU.findall(text))]
 
 
 def format_comparison(results: list[TrainingResult], n_real: int, n_val: int) -> str:

@@ -47,8 +47,9 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers never see a partial file.
+def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync (unless told not to), then rename: readers never see
+    a partial file.
 
     The file gets the permissions the process umask gives a new file (0644 under umask 022), as any
     other file the user writes would; never a private 0600 that other users of a shared store cannot read.
@@ -60,7 +61,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -45,9 +45,18 @@ from synthaug.vocabulary import IGNORE_INDEX, match_classes
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped", "unplanned")
-#: What the integrations log from counters(), as synthaug_<key> (mmseg) or synthaug/<key> (detectron2).
-LOGGED_COUNTERS = ("synthetic_share", "pool_size", "served_synthetic", "served_real", "corrupt_skipped")
+COUNTERS = ("served_real", "served_synthetic", "corrupt_skipped", "unplanned", "ignored_px", "labelled_px")
+#: What the integrations log from counters(), as synthaug_<key> (mmseg) or synthaug/<key> (detectron2);
+#: the last two only with the loss filter on (counters() has them then).
+LOGGED_COUNTERS = (
+    "synthetic_share",
+    "pool_size",
+    "served_synthetic",
+    "served_real",
+    "corrupt_skipped",
+    "ignored_share",
+    "filtered_out",
+)
 _MAX_PROCS = 64  # counter rows: the main process and up to 63 DataLoader workers
 _SNAPSHOT_BYTES = 1 << 22  # 4 MiB of shared memory (/dev/shm): a plan of thousands of distinct snapshots
 _MAX_CORRUPT_RETRIES = 16
@@ -87,11 +96,13 @@ def synthetic_count(n_real: int, ratio: float) -> int:
 
 @dataclass(frozen=True)
 class RatioSchedule:
-    """The synthetic share over training iterations: constant, or linear from `start` to `end` over `iterations`."""
+    """The synthetic share over training iterations: real only for `warmup` iterations, then constant
+    (`start`), or linear from `start` to `end` over the next `iterations`."""
 
     start: float
     end: float | None = None
     iterations: int = 0
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         for name in ("start", "end"):
@@ -101,20 +112,28 @@ class RatioSchedule:
                 raise ValueError(f"{key}={v} must be in [0, 1): it is the expected share of synthetic samples")
         if self.end is not None and self.iterations < 1:
             raise ValueError("a linear ratio schedule needs iterations >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"ratio warmup={self.warmup} must be >= 0 (real-only iterations at the start)")
 
     @classmethod
     def parse(cls, value: float | Mapping[str, Any] | RatioSchedule) -> RatioSchedule:
-        """A float, or {'type': 'linear', 'start': 0.5, 'end': 0.1, 'iterations': 10000}."""
+        """A float; dict(type='constant', ratio=0.5, warmup=1000); or
+        dict(type='linear', start=0.5, end=0.1, iterations=10000, warmup=0)."""
         if isinstance(value, RatioSchedule):
             return value
         if isinstance(value, Mapping):
             cfg = dict(value)
             kind = cfg.pop("type", "linear")
-            if kind != "linear" or set(cfg) - {"start", "end", "iterations"}:
+            keys = {"linear": {"start", "end", "iterations"}, "constant": {"ratio"}}.get(kind)
+            if keys is None or not keys <= set(cfg) or set(cfg) - keys - {"warmup"}:
                 raise ValueError(
-                    f"ratio={dict(value)}: give a number, or dict(type='linear', start=..., end=..., iterations=...)"
+                    f"ratio={dict(value)}: give a number, dict(type='constant', ratio=..., warmup=...) or "
+                    "dict(type='linear', start=..., end=..., iterations=..., warmup=0)"
                 )
-            return cls(float(cfg["start"]), float(cfg["end"]), int(cfg["iterations"]))
+            warmup = int(cfg.get("warmup", 0))
+            if kind == "constant":
+                return cls(float(cfg["ratio"]), warmup=warmup)
+            return cls(float(cfg["start"]), float(cfg["end"]), int(cfg["iterations"]), warmup)
         return cls(float(value))
 
     @property
@@ -122,9 +141,11 @@ class RatioSchedule:
         return self.start if self.end is None else max(self.start, self.end)
 
     def __call__(self, iteration: int) -> float:
+        if iteration < self.warmup:
+            return 0.0
         if self.end is None:
             return self.start
-        t = min(max(iteration, 0) / self.iterations, 1.0)
+        t = min(max(iteration - self.warmup, 0) / self.iterations, 1.0)
         return self.start + (self.end - self.start) * t
 
 
@@ -205,7 +226,8 @@ class SyntheticMixDataset:
 
     real: any sequence (len + getitem), returned item by item unchanged.
     synthetic: a store path or SampleStore. ratio: float in [0, 1), or a RatioSchedule / its dict.
-    seed: the plan's seed. policy, min_quality, max_repeats: how synthetic samples are drawn (PoolParams).
+    seed: the plan's seed. policy, min_quality, max_repeats, loss_filter, max_ignored, hardness_cap: how
+    synthetic samples are drawn and filtered by their scores (PoolParams, synthaug.scoring).
     augment: MixAugment or its dict: splice and blur, synthetic only unless to_real.
     real_classes: the real dataset's class names (in its label id order); the store's classes are matched to
     them by name, so synthetic masks and instances carry the real dataset's ids. class_map: {store name:
@@ -227,6 +249,9 @@ class SyntheticMixDataset:
         policy: str = "uniform",
         min_quality: Mapping[str, float] | None = None,
         max_repeats: int | None = None,
+        loss_filter: bool = False,
+        max_ignored: float = 0.5,
+        hardness_cap: float = 3.0,
         augment: MixAugment | Mapping[str, Any] | None = None,
         real_classes: Sequence[str] | None = None,
         class_map: Mapping[str, str | int | None] | None = None,
@@ -264,7 +289,14 @@ class SyntheticMixDataset:
             return
         if synthetic is None:
             raise ValueError(f"ratio={self.schedule.max} > 0 needs a synthetic store; give its path")
-        params = PoolParams(policy, dict(min_quality or {}), max_repeats)
+        params = PoolParams(
+            policy,
+            dict(min_quality or {}),
+            max_repeats,
+            loss_filter=bool(loss_filter),
+            max_ignored=max_ignored,
+            hardness_cap=hardness_cap,
+        )
         deadline = time.monotonic() + wait_timeout
         if empty == "wait" and not isinstance(synthetic, SampleStore):
             wait_for_store(synthetic, wait_timeout)
@@ -570,6 +602,9 @@ class SyntheticMixDataset:
         for attempt in range(_MAX_CORRUPT_RETRIES):
             sample = self.pool.read(j)
             if sample is not None:
+                if self.pool.params.loss_filter:
+                    row[4] += self.pool.ignored_area(j)
+                    row[5] += int(np.count_nonzero(sample.mask != IGNORE_INDEX))
                 return self._map_classes(sample)
             row[2] += 1
             log.warning("synthaug: skipped corrupt synthetic sample %s", self.pool.records[j]["id"])
@@ -599,4 +634,8 @@ class SyntheticMixDataset:
             out["repeats"] = self._repeats[1]
         served = out["served_real"] + out["served_synthetic"]
         out["synthetic_share"] = out["served_synthetic"] / served if served else math.nan
+        if self.pool is not None and self.pool.params.loss_filter:
+            seen = out["ignored_px"] + out["labelled_px"]
+            out["ignored_share"] = out["ignored_px"] / seen if seen else 0.0
+            out["filtered_out"] = self.pool.filtered_out
         return out

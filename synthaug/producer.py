@@ -23,11 +23,13 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from synthaug.config import GenerationConfig
 from synthaug.imageio import atomic_write_bytes
+from synthaug.scoring import LiveScorer, LiveScoring
 
 STATUS_DIR = "producers"
 SEEDS_PER_RANK = 1_000_000_000
@@ -87,7 +89,13 @@ class Producer:
         segment: str | None = None,
         retire_grace_s: float = 600.0,
         parent_pid: int | None = None,
+        scoring: LiveScoring | None = None,
+        hardness_bias: bool = False,
+        hardness_cap: float = 3.0,
     ) -> None:
+        """`scoring`: re-score the store with each new checkpoint of a training run (synthaug.scoring).
+        `hardness_bias`: prompt for classes by their hardness in the newest scores (capped at `hardness_cap`
+        times the mean), picking a batch's prompts from four times as many candidates."""
         if target_pool is not None and target_pool < cfg.batch_size:
             raise ValueError(f"--target-pool {target_pool} must be at least the batch size ({cfg.batch_size})")
         if max_samples is not None and max_samples < 1:
@@ -108,6 +116,12 @@ class Producer:
         self.produced = 0
         self.retired = 0
         self.rate = 0.0
+        self.scorer = LiveScorer(store, scoring) if scoring is not None else None
+        self.hardness_bias, self.hardness_cap = hardness_bias, hardness_cap
+        if hardness_cap < 1:
+            raise ValueError(f"--hardness-cap {hardness_cap} must be >= 1")
+        self.class_counts: Counter[str] = Counter()  # classes prompted for, for the status file
+        self.batches = 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stops += 1
@@ -126,6 +140,8 @@ class Producer:
             "rate": round(self.rate, 4),
             "device": self.cfg.device,
             "updated": time.time(),
+            "prompt_class_counts": dict(self.class_counts),
+            "scoring_passes": self.scorer.runs if self.scorer else 0,
         }
         path = status_path(self.store, self.segment)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +172,7 @@ class Producer:
                 n = cfg.batch_size
                 if self.max_samples is not None:
                     n = min(n, self.max_samples - self.produced)
-                # Fresh seeds after a restart: the segment's count moves the seed on.
-                specs = dataclasses.replace(cfg, seed=self.seed_base + writer.count).prompt_specs(n)
+                specs = self._prompts(n, self.seed_base + writer.count, vocab)
                 self._status("producing")
                 t0 = time.perf_counter()
                 for sample in samples_from_config(cfg, model, specs, annotator, batch_size=n):
@@ -166,9 +181,25 @@ class Producer:
                 self.rate = n / max(time.perf_counter() - t0, 1e-9)
                 if self.target_pool is not None:
                     self._roll(reader)
+                self.batches += 1
+                if self.scorer is not None and self.batches % self.scorer.settings.every == 0:
+                    self._status("scoring")
+                    self.scorer.poll()
                 self._status("producing")
         self._status("stopped")
         return self.produced
+
+    def _prompts(self, n: int, seed: int, vocab) -> list:
+        """The next batch's prompts: fresh seeds after a restart (the segment's count moves `seed` on); with the
+        hardness bias, `n` of 4n candidates picked by class weight (see synthaug.scoring.class_weights)."""
+        from synthaug.prompts import bias_prompts
+        from synthaug.scoring import Scores, class_weights
+
+        cfg = dataclasses.replace(self.cfg, seed=seed)
+        weights = class_weights(Scores.newest(self.store, vocab.names), self.hardness_cap) if self.hardness_bias else {}
+        specs = bias_prompts(cfg.prompt_specs(4 * n), weights, vocab, n, seed) if weights else cfg.prompt_specs(n)
+        self.class_counts.update(vocab.names[t.class_id] for s in specs for t in s.targets)
+        return specs
 
     def _roll(self, reader) -> None:
         """Retire this segment's oldest live samples beyond the target; purge files retired past the grace."""

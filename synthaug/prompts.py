@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from synthaug.vocabulary import ClassVocabulary
 
@@ -163,3 +165,21 @@ def caption_prompts(
         )
         for i in range(count)
     ]
+
+
+def bias_prompts(
+    candidates: Sequence[PromptSpec], weights: Mapping[str, float], vocab: ClassVocabulary, n: int, seed: int
+) -> list[PromptSpec]:
+    """`n` of `candidates` (seeded, without replacement), each drawn with probability proportional to the
+    mean weight of the classes it targets (`weights` by class name; classes not named weigh 1)."""
+    if n > len(candidates):
+        raise ValueError(f"cannot pick {n} prompts from {len(candidates)} candidates")
+    w = np.array(
+        [
+            np.mean([weights.get(vocab.names[t.class_id], 1.0) for t in c.targets]) if c.targets else 1.0
+            for c in candidates
+        ]
+    )
+    rng = np.random.default_rng([seed, 0xB1A5])
+    picks = rng.choice(len(candidates), size=n, replace=False, p=w / w.sum())
+    return [candidates[i] for i in sorted(picks)]

@@ -3,6 +3,7 @@
     STORE/
       store.json                        format version, class vocabulary, ignore index, image format
       segments/<segment>/manifest.jsonl append-only, one JSON record per line
+      segments/<segment>/manifest.index columnar, memory-mapped copy of a sealed segment's records (a cache)
       segments/<segment>/samples/       <id>.<png|jpg|webp> image, <id>.mask.png palette mask
       segments/<segment>/writer.lock    flock held by the segment's live writer (names its pid and host)
       retired.jsonl                     ids a rolling producer retired
@@ -22,6 +23,11 @@ names a path outside its segment (see synthaug.store_check), is skipped, counted
 opened relative to their segment's samples/ folder, checked to lie inside the store, and never
 through a symbolic link. Files are created with the permissions the umask gives (0644 under 022),
 so other users can read a shared store; a file they may not read is "permission denied", not corrupt.
+
+A reader holds records as columns per segment (synthaug.store_rows), not as dicts, so a million records
+take tens of megabytes; a segment's index (synthaug.store_index), written when its writer closes it or by
+`synthaug index`, gives those columns without parsing its manifest, mapped and shared by every process.
+The manifest stays the truth: an index that is stale, torn, foreign or unsafe is reported and ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -37,7 +44,8 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +69,12 @@ from synthaug.store_check import (
     real_root,
     resolve_inside,
 )
+from synthaug.store_index import INDEX_FILE, BadIndex, ingest_manifest, load_index, write_index
 from synthaug.store_lock import WRITER_LOCK, FileLock, LockHeld
+from synthaug.store_rows import Record, RecordLineError, RecordList, SegmentRows, parse_id
 from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STORE_FILE = "store.json"
@@ -149,6 +161,11 @@ def _read_store_json(path: Path) -> dict[str, Any]:
     return meta
 
 
+def store_vocabulary(path: str | Path) -> ClassVocabulary:
+    """The class vocabulary of the store at `path` (a StoreError that says what to do if it is not a store)."""
+    return ClassVocabulary.from_dict(_read_store_json(Path(path))["vocabulary"])
+
+
 def create_store(path: str | Path, vocabulary: ClassVocabulary, image_format: str = "png") -> Path:
     """Create an empty store at `path`, or check that an existing one has the same vocabulary."""
     path = Path(path)
@@ -182,7 +199,9 @@ class StoreWriter:
     """Appends samples to this writer's own segment. Not shared between processes: one writer, one segment.
 
     It holds the segment's writer.lock while open, so `verify --repair` leaves its in-flight files alone;
-    `lock_wait_s` is how long it waits for a repair that holds the segment for a moment.
+    `lock_wait_s` is how long it waits for a repair that holds the segment for a moment. It keeps the columns
+    of its segment's records as it appends (see synthaug.store_rows) and, with `index` (the default), writes
+    the segment's index when it closes: closing seals the segment (see synthaug.store_index).
     """
 
     def __init__(
@@ -192,6 +211,7 @@ class StoreWriter:
         resume: bool = False,
         fsync: bool = True,
         lock_wait_s: float = 30.0,
+        index: bool = True,
     ):
         self.root = Path(store)
         meta = _read_store_json(self.root)
@@ -202,6 +222,7 @@ class StoreWriter:
             raise ValueError(f"segment={self.segment!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
         self.dir = self.root / SEGMENTS / self.segment
         self.fsync = fsync
+        self.index = index
         self._fd = -1
         self._broken: str | None = None
         self._make_segment(resume)
@@ -209,6 +230,27 @@ class StoreWriter:
         manifest = self.dir / MANIFEST
         self.count = self._repair_tail(manifest)
         self._fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        self._rows, self._indexed = self._load_rows() if index else (None, -1)
+
+    def _load_rows(self) -> tuple[SegmentRows | None, int]:
+        """The segment's records so far as columns (its index, if it has a good one, then the lines after it),
+        and how far into the manifest the index on disk reaches (-1: none). (None, -1) if the manifest cannot
+        be read back: the writer then writes no index."""
+        rows = SegmentRows(self.segment, tuple(IMAGE_FORMATS), len(self.vocabulary), self.dir / MANIFEST)
+        indexed = -1
+        try:
+            base = load_index(self.dir, self.segment, rows.exts, rows.n_classes)
+        except BadIndex:
+            base = None  # rewritten when this writer closes
+        if base is not None:
+            rows.set_base(base)
+            indexed = base.covered_bytes
+        try:
+            ingest_manifest(rows, self.dir / MANIFEST)
+        except OSError as err:
+            log.warning("synthaug: segment %s: its manifest does not read back (%s); no index", self.segment, err)
+            return None, -1
+        return rows, indexed
 
     def _make_segment(self, resume: bool) -> None:
         """Create this writer's segment folder (or, with resume, check the existing one is a real folder)."""
@@ -293,6 +335,11 @@ class StoreWriter:
         self._write(self.root / mask_rel, buf.getvalue())
         self._append(line)
         self.count += 1
+        if self._rows is not None:
+            rows = self._rows
+            rows.add(record, rows.covered_bytes, len(line), zlib.crc32(line), rows.covered_lines + 1)
+            rows.covered_bytes += len(line)
+            rows.covered_lines += 1
         return record
 
     def _append(self, line: bytes) -> None:
@@ -331,12 +378,24 @@ class StoreWriter:
             raise
 
     def close(self) -> None:
-        """Close the manifest and release the segment's lock (idempotent)."""
+        """Close the manifest, write the segment's index (it is sealed now) and release its lock (idempotent).
+        An index that cannot be written is warned about, never fatal: readers then parse the manifest."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self._write_index()
         if getattr(self, "_lock", None) is not None:
             self._lock.release()
+
+    def _write_index(self) -> None:
+        rows = getattr(self, "_rows", None)
+        if rows is None or self._broken or rows.covered_bytes == self._indexed:
+            return
+        try:
+            write_index(self.dir, rows, fsync=self.fsync)
+            self._indexed = rows.covered_bytes
+        except OSError as err:
+            log.warning("synthaug: no index written for segment %s (%s); readers parse its manifest", self.segment, err)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -348,12 +407,15 @@ class StoreWriter:
 @dataclass
 class ReadStats:
     """What a reader met: lines skipped in log files, samples skipped as corrupt or unreadable (id -> reason),
-    and each problem with its file and line (the first MAX_PROBLEMS of them)."""
+    each problem with its file and line (the first MAX_PROBLEMS of them), and how many records it took from
+    segment indexes (`indexed`) and from manifest lines it parsed (`parsed`)."""
 
     bad_lines: int = 0
     corrupt: dict[str, str] = field(default_factory=dict)
     denied: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    indexed: int = 0
+    parsed: int = 0
 
 
 def wait_for_store(path: str | Path, timeout: float) -> bool:
@@ -367,12 +429,12 @@ def wait_for_store(path: str | Path, timeout: float) -> bool:
     return True
 
 
-def record_segment(record: dict[str, Any]) -> str:
+def record_segment(record: Mapping[str, Any]) -> str:
     """The segment a record was written to (its image lives in segments/<segment>/)."""
     return record["image"].split("/")[1]
 
 
-def record_position(record: dict[str, Any]) -> int:
+def record_position(record: Mapping[str, Any]) -> int:
     """The record's position in its segment: the writer's running count, the suffix of its id."""
     return int(record["id"].rsplit("-", 1)[1])
 
@@ -385,29 +447,43 @@ class _Cursor:
     line: int = 1
 
 
+#: Manifest bytes a reader parses at a time (a million records are about a gigabyte of lines).
+_MANIFEST_BLOCK = 32 << 20
+
+
 class SampleStore:
     """Read access to a store: records in arrival order per segment, incremental refresh, fast reads.
 
-    With `track_lines`, `where[id]` holds (manifest, line) of each record, for reports that name them.
+    Records are held as columns per segment (synthaug.store_rows), not as dicts: `records` (live: neither
+    quarantined nor retired) and `all_records` (retired ones too, which snapshots may still hold) are list-like
+    RecordLists of read-only Record mappings. With `index` (the default), a segment's index file
+    (synthaug.store_index) gives its rows without parsing its manifest; a missing, stale or bad index only makes
+    opening slower (a bad one is counted in `stats.problems`). `location(rec)` gives the (manifest, line) of a
+    record, for reports (`track_lines` is accepted for compatibility: lines are always known).
     """
 
-    def __init__(self, path: str | Path, track_lines: bool = False) -> None:
+    def __init__(self, path: str | Path, track_lines: bool = False, index: bool = True) -> None:
         self.root = Path(path)
         self.meta = _read_store_json(self.root)
         self.vocabulary = ClassVocabulary.from_dict(self.meta["vocabulary"])
-        self.records: list[dict[str, Any]] = []  # live: neither quarantined nor retired
-        self.all_records: list[dict[str, Any]] = []  # also the retired ones, which snapshots may still hold
+        self.use_index = index
         self.retired: dict[str, int] = {}  # id -> end offset of its line in retired.jsonl
         self.retired_at: dict[str, float] = {}  # id -> when it was retired
         self.stats = ReadStats()
-        self.where: dict[str, tuple[str, int]] | None = {} if track_lines else None
         self._root_real = real_root(self.root)
         self._exts = tuple(IMAGE_FORMATS)
         self._valid_ids = np.zeros(256, dtype=bool)
         self._valid_ids[: len(self.vocabulary)] = True
         self._valid_ids[IGNORE_INDEX] = True
         self._cursors: dict[str, _Cursor] = {}
+        self._segments: dict[str, SegmentRows] = {}
+        self._arrivals: list[tuple[SegmentRows, int, int]] = []  # rows [start, stop) of a segment, as adopted
+        self._quarantined_keys: dict[str, set[int]] = {}  # segment -> id keys (store_rows.id_key)
+        self._retired_keys: dict[str, dict[int, int]] = {}  # segment -> id key -> end offset in retired.jsonl
+        self._version = 0  # moves whenever the adopted records, quarantine or retirements change
+        self._views: dict[str, tuple[int, Any]] = {}
         self._dir_fds: dict[str, int] = {}
+        self._line_fds: dict[str, int] = {}
         self._instances_ok: set[str] = set()
         self._reported: set[str] = set()
         self._quarantined: set[str] = set()
@@ -445,28 +521,12 @@ class SampleStore:
 
     def segment_names(self) -> list[str]:
         """Names of the segment folders that are safe to read (real folders named as writers name them)."""
-        seg_root = self.root / SEGMENTS
-        if not is_plain_dir(seg_root):
-            if os.path.lexists(seg_root):
-                self.problem(SEGMENTS, 0, "unsafe folder", "is a symbolic link or not a folder: nothing in it is read")
-            return []
-        try:
-            entries = sorted(os.scandir(seg_root), key=lambda e: e.name)
-        except FileNotFoundError:
-            return []
-        out = []
-        for e in entries:
-            why = unsafe_segment(seg_root, e)
-            if why:
-                self.problem(f"{SEGMENTS}/{e.name}", 0, "unsafe folder", why)
-            elif e.is_dir(follow_symlinks=False):
-                out.append(e.name)
-        return out
+        return list_segments(self.root, self.problem)
 
-    def _log_chunk(self, rel: str) -> bytes:
-        """The complete lines appended to log file `rel` since the last read (b'' if none, missing or unsafe)."""
+    def _log_chunk(self, rel: str, offset: int, limit: int | None = None) -> bytes:
+        """The complete lines of log file `rel` from byte `offset` (at most about `limit` bytes; b'' if none, missing
+        or unsafe)."""
         path = self.root / rel
-        cur = self._cursor(rel)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -474,45 +534,63 @@ class SampleStore:
         if not stat.S_ISREG(st.st_mode):
             self.problem(rel, 0, "unsafe file", "is a symbolic link or not a plain file: never read")
             return b""
-        if st.st_size <= cur.offset:
+        if st.st_size <= offset:
             return b""
         try:
-            return read_complete_lines(str(path), cur.offset)
+            return read_complete_lines(path, offset, limit)
         except PermissionError:
             self.problem(rel, 0, "permission denied", _permission_message(path, "log file"))
-            return b""
+        except OSError as err:  # swapped for a link since the check above
+            self.problem(rel, 0, "unsafe file", f"cannot be read safely ({err.strerror}): never read")
+        return b""
 
     def _read_manifest(self, seg: str) -> int:
-        """Adopt the new complete lines of one segment's manifest; returns how many records were new."""
+        """Adopt the new complete lines of one segment's manifest (after its index, when it has a good one);
+        returns how many records were new."""
         rel = f"{SEGMENTS}/{seg}/{MANIFEST}"
-        chunk = self._log_chunk(rel)
-        cur = self._cursor(rel)
-        new = 0
-        n_classes = len(self.vocabulary)
-        for number, _, rec in parse_lines(chunk, cur.line):
-            bad = (
-                ("bad line", str(rec)) if isinstance(rec, Exception) else check_record(rec, seg, n_classes, self._exts)
-            )
-            if bad:
-                self.problem(rel, number, *bad)
-                continue
-            if rec["id"] in self._quarantined:
-                continue
-            if self.where is not None:
-                self.where[rec["id"]] = (rel, number)
-            self.all_records.append(rec)
-            if rec["id"] not in self.retired:
-                self.records.append(rec)
-            new += 1
-        cur.offset += len(chunk)
-        cur.line += chunk.count(b"\n")
-        return new
+        rows = self._segments.get(seg)
+        start = len(rows) if rows is not None else 0
+        if rows is None:
+            rows = self._segments[seg] = SegmentRows(seg, self._exts, len(self.vocabulary), self.root / rel)
+            if self.use_index:
+                self._adopt_index(seg, rows)
+
+        def report(line: int, kind: str, message: str) -> None:
+            self.problem(rel, line, kind, message)
+
+        while chunk := self._log_chunk(rel, rows.covered_bytes, _MANIFEST_BLOCK):
+            self.stats.parsed += rows.ingest(chunk, report)
+        if len(rows) == start:
+            return 0
+        self._arrivals.append((rows, start, len(rows)))
+        self._version += 1
+        quarantined = self._quarantined_keys.get(seg)
+        if not quarantined:
+            return len(rows) - start
+        return len(rows) - start - int(np.isin(rows.keys(slice(start, len(rows))), list(quarantined)).sum())
+
+    def _adopt_index(self, seg: str, rows: SegmentRows) -> None:
+        """Start segment `seg` from its index if it has a usable one (its bad lines reported as a parse would);
+        a bad index is reported and left alone: the manifest is parsed instead."""
+        try:
+            base = load_index(self.root / SEGMENTS / seg, seg, self._exts, len(self.vocabulary))
+        except BadIndex as err:
+            self.problem(f"{SEGMENTS}/{seg}/{INDEX_FILE}", 0, err.kind, err.message)
+            return
+        if base is None:
+            return
+        rows.set_base(base)
+        rel = f"{SEGMENTS}/{seg}/{MANIFEST}"
+        for line, kind, message in base.problems:
+            self.problem(rel, line, kind, message)
+        self.stats.bad_lines += base.bad_lines - len(base.problems)  # beyond what the index kept by line
+        self.stats.indexed += base.rows
 
     def _id_lines(self, rel: str, *required: str) -> Iterator[tuple[int, dict[str, Any]]]:
         """(end offset, entry) of each new valid line of log `rel`: an object whose 'id' has the record id form
         and that has the `required` numeric keys; other lines are reported and skipped."""
-        chunk = self._log_chunk(rel)
         cur = self._cursor(rel)
+        chunk = self._log_chunk(rel, cur.offset)
         start = cur.offset
         for number, end, entry in parse_lines(chunk, cur.line):
             ok = isinstance(entry, dict) and isinstance(entry.get("id"), str) and ID_FORM.match(entry["id"])
@@ -527,29 +605,93 @@ class SampleStore:
 
     def _read_quarantine(self) -> None:
         """Adopt new quarantine.jsonl entries: their samples leave `records` and `all_records`."""
-        added = {entry["id"] for _, entry in self._id_lines(QUARANTINE)}
-        if added - self._quarantined:
+        added = {entry["id"] for _, entry in self._id_lines(QUARANTINE)} - self._quarantined
+        for sid in added:
+            seg, key = parse_id(sid)  # type: ignore[misc]  # ID_FORM matched
+            self._quarantined_keys.setdefault(seg, set()).add(key)
+        if added:
             self._quarantined |= added
-            self.records = [r for r in self.records if r["id"] not in self._quarantined]
-            self.all_records = [r for r in self.all_records if r["id"] not in self._quarantined]
+            self._version += 1
 
     def _read_retired(self) -> None:
         """Adopt new retired.jsonl entries: their samples leave `records` (snapshots may still hold them)."""
-        added = False
         for end, entry in self._id_lines(RETIRED, "time"):
             self.retired[entry["id"]] = end
             self.retired_at[entry["id"]] = float(entry["time"])
-            added = True
-        if added:
-            self.records = [r for r in self.records if r["id"] not in self.retired]
+            seg, key = parse_id(entry["id"])  # type: ignore[misc]  # ID_FORM matched
+            self._retired_keys.setdefault(seg, {})[key] = end
+            self._version += 1
+
+    # ------------------------------------------------------------------------------ the records, as views
+
+    def _view(self, name: str, make: Any) -> Any:
+        """A view computed from the adopted records, kept until they, the quarantine or retirements change."""
+        hit = self._views.get(name)
+        if hit is None or hit[0] != self._version:
+            hit = self._views[name] = (self._version, make())
+        return hit[1]
+
+    def _excluded(self, seg: str, retired_until: int | None) -> np.ndarray | None:
+        """Id keys of segment `seg` that a view leaves out: quarantined ones, and those retired in retired.jsonl
+        up to byte `retired_until` (None: no retirement excludes)."""
+        keys = set(self._quarantined_keys.get(seg, ()))
+        if retired_until is not None:
+            keys.update(k for k, end in self._retired_keys.get(seg, {}).items() if end <= retired_until)
+        return np.fromiter(keys, dtype=np.int64, count=len(keys)) if keys else None
+
+    def _arrival_view(self, retired_until: int | None) -> RecordList:
+        runs: list[tuple[SegmentRows, slice | np.ndarray]] = []
+        excluded: dict[str, np.ndarray | None] = {}
+        for rows, start, stop in self._arrivals:
+            if rows.name not in excluded:
+                excluded[rows.name] = self._excluded(rows.name, retired_until)
+            drop = excluded[rows.name]
+            span = slice(start, stop)
+            if drop is not None:
+                keep = ~np.isin(rows.keys(span), drop)
+                span = span if keep.all() else np.arange(start, stop)[keep]
+            runs.append((rows, span))
+        return RecordList(runs)
+
+    @property
+    def records(self) -> RecordList:
+        """The live records (neither quarantined nor retired), in the order this reader adopted them."""
+        return self._view("records", lambda: self._arrival_view(retired_until=1 << 62))
+
+    @property
+    def all_records(self) -> RecordList:
+        """Every record adopted but the quarantined ones (retired ones too, which snapshots may still hold)."""
+        return self._view("all_records", lambda: self._arrival_view(retired_until=None))
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever the records this reader holds, its quarantine or its retirements change
+        (what a snapshot's records are depends on nothing else)."""
+        return self._version
+
+    def segment_rows(self, seg: str) -> SegmentRows | None:
+        """The columns of segment `seg` as this reader holds them (None if it has not read that segment)."""
+        return self._segments.get(seg)
+
+    def location(self, rec: Mapping[str, Any]) -> tuple[str, int]:
+        """(manifest, line number) of record `rec`, for reports that name them."""
+        rel = f"{SEGMENTS}/?/{MANIFEST}"
+        if isinstance(rec, Record):
+            return f"{SEGMENTS}/{rec.rows.name}/{MANIFEST}", int(rec.rows.col("line")[rec.row])
+        parsed = parse_id(rec["id"]) if isinstance(rec.get("id"), str) else None
+        rows = self._segments.get(parsed[0]) if parsed else None
+        found = rows.find(parsed[1]) if rows is not None and parsed else ()
+        if len(found):
+            return f"{SEGMENTS}/{rows.name}/{MANIFEST}", int(rows.col("line")[found[0]])
+        return rel, 0
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
 
-    def path_of(self, rec: dict[str, Any], key: str) -> str:
+    def path_of(self, rec: Mapping[str, Any], key: str) -> str:
         """The real path of a record's 'image' or 'mask' file, checked to stay inside the store (symbolic links
         resolved); raises UnsafeRecordError otherwise. Use it before reading, copying or linking a file."""
         try:
@@ -563,9 +705,35 @@ class SampleStore:
         """Decode sample `index`; raises CorruptSampleError if its files are missing or broken."""
         return self.read_record(self.records[index])
 
-    def read_record(self, rec: dict[str, Any]) -> Sample:
+    def full_record(self, rec: Mapping[str, Any]) -> dict[str, Any]:
+        """The manifest's dict of record `rec` (a Record's line read back and checked; a dict as it is).
+        Raises CorruptSampleError if a Record's line changed since it was checked."""
+        if not isinstance(rec, Record):
+            return rec  # type: ignore[return-value]
+        try:
+            return rec.full(self._manifest_fd(rec.rows))
+        except RecordLineError as err:
+            raise CorruptSampleError(rec["id"], str(err)) from None
+        except FileNotFoundError:
+            self._check_not_gone()
+            raise CorruptSampleError(rec["id"], f"the manifest {rec.rows.manifest} is missing") from None
+        except OSError as err:
+            raise CorruptSampleError(rec["id"], f"its manifest line cannot be read ({err})") from None
+
+    def _manifest_fd(self, rows: SegmentRows) -> int:
+        """A descriptor of a segment's manifest (opened without following links; a few are kept open)."""
+        fd = self._line_fds.get(rows.name)
+        if fd is None:
+            fd = os.open(rows.manifest, os.O_RDONLY | os.O_NOFOLLOW)
+            if len(self._line_fds) >= 64:
+                os.close(self._line_fds.pop(next(iter(self._line_fds))))
+            self._line_fds[rows.name] = fd
+        return fd
+
+    def read_record(self, rec: Mapping[str, Any]) -> Sample:
         """Decode the sample of manifest record `rec`; raises CorruptSampleError if its files are broken,
         SampleAccessError if this user may not read them, StoreGoneError if the store was deleted."""
+        rec = self.full_record(rec)
         key = "image"
         try:
             with self._open_sample_file(rec, key) as f:
@@ -637,11 +805,12 @@ class SampleStore:
         return fd
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled (e.g. to a spawned DataLoader worker) without its open folder descriptors."""
-        return {**self.__dict__, "_dir_fds": {}}
+        """Pickled (e.g. to a spawned DataLoader worker) without its open descriptors and cached views; segment
+        indexes travel as where to map them again (see store_index.IndexData)."""
+        return {**self.__dict__, "_dir_fds": {}, "_line_fds": {}, "_views": {}}
 
     def __del__(self) -> None:
-        for fd in getattr(self, "_dir_fds", {}).values():
+        for fd in (*getattr(self, "_dir_fds", {}).values(), *getattr(self, "_line_fds", {}).values()):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -657,7 +826,7 @@ class SampleStore:
         """Like read(), but a corrupt sample is counted in `stats.corrupt` and None is returned."""
         return self.try_read_record(self.records[index])
 
-    def try_read_record(self, rec: dict[str, Any]) -> Sample | None:
+    def try_read_record(self, rec: Mapping[str, Any]) -> Sample | None:
         """Like read_record(), but a corrupt or unsafe sample is counted in `stats.corrupt`, one this user may not
         read in `stats.denied`, and None is returned. A deleted store still raises StoreGoneError."""
         try:
@@ -671,25 +840,45 @@ class SampleStore:
     def snapshot(self) -> dict[str, int]:
         """The records adopted so far, as {segment: count} plus how far retirements were read (RETIRED_KEY):
         the same list on every reader that adopts it."""
-        out: dict[str, int] = {}
-        for rec in self.all_records:
-            seg, pos = record_segment(rec), record_position(rec)
-            out[seg] = max(out.get(seg, 0), pos + 1)
+        out = dict(self._view("snapshot", self._segment_counts))
         out[RETIRED_KEY] = self._retired_offset
         return out
 
-    def snapshot_records(self, snapshot: dict[str, int]) -> list[dict[str, Any]]:
+    def _segment_counts(self) -> dict[str, int]:
+        """{segment: 1 + the highest position of its records that are not quarantined}."""
+        out = {}
+        for seg, rows in self._segments.items():
+            if not len(rows):
+                continue
+            pos = rows.col("position")
+            drop = self._excluded(seg, None)
+            if drop is not None:
+                pos = pos[~np.isin(rows.keys(slice(0, len(rows))), drop)]
+            if len(pos):
+                out[seg] = int(pos[-1] if rows.sorted else pos.max()) + 1
+        return out
+
+    def snapshot_records(self, snapshot: Mapping[str, int]) -> RecordList:
         """The records of `snapshot` in canonical order (segment, position), retirements applied as it saw them."""
         until = snapshot.get(RETIRED_KEY, 0)
-        chosen = [
-            r
-            for r in self.all_records
-            if record_position(r) < snapshot.get(record_segment(r), 0) and self.retired.get(r["id"], until + 1) > until
-        ]
-        chosen.sort(key=lambda r: (record_segment(r), record_position(r)))
-        return chosen
+        runs: list[tuple[SegmentRows, slice | np.ndarray]] = []
+        for seg in sorted(k for k in snapshot if k in self._segments):
+            rows, limit = self._segments[seg], snapshot[seg]
+            pos = rows.col("position")
+            if rows.sorted:
+                chosen: slice | np.ndarray = slice(0, int(np.searchsorted(pos, limit, "left")))
+            else:
+                chosen = np.flatnonzero(pos < limit)
+                chosen = chosen[np.argsort(pos[chosen], kind="stable")]
+            drop = self._excluded(seg, until)
+            if drop is not None:
+                keep = ~np.isin(rows.keys(chosen), drop)
+                if not keep.all():
+                    chosen = (np.arange(chosen.start, chosen.stop) if isinstance(chosen, slice) else chosen)[keep]
+            runs.append((rows, chosen))
+        return RecordList(runs)
 
-    def holds(self, snapshot: dict[str, int]) -> bool:
+    def holds(self, snapshot: Mapping[str, int]) -> bool:
         """Whether this reader has read everything `snapshot` names (a lagging file system may not show it yet)."""
         have = self.snapshot()
         return all(have.get(k, 0) >= n for k, n in snapshot.items())
@@ -702,21 +891,60 @@ class SampleStore:
     ) -> list[int]:
         """Indices of records that contain any of `classes`, clear every `min_quality` figure, and match
         every key of `fingerprint`."""
-        wanted = None
+        recs = self.records
+        keep = np.ones(len(recs), dtype=bool)
         if classes is not None:
-            wanted = {c if isinstance(c, int) else self.vocabulary.id_of(c) for c in classes}
-        out = []
-        for i, rec in enumerate(self.records):
-            if wanted is not None and not wanted.intersection(rec.get("classes", ())):
-                continue
-            q = rec.get("quality", {})
-            if min_quality and any(q.get(k, float("-inf")) < v for k, v in min_quality.items()):
-                continue
-            fp = rec.get("fingerprint", {})
-            if fingerprint and any(fp.get(k) != v for k, v in fingerprint.items()):
-                continue
-            out.append(i)
-        return out
+            wanted = [c if isinstance(c, int) else self.vocabulary.id_of(c) for c in classes]
+            offsets, values = recs.classes()
+            hit = np.concatenate([[0], np.cumsum(np.isin(values, wanted))])
+            keep &= hit[offsets[1:]] > hit[offsets[:-1]]
+        for k, v in (min_quality or {}).items():
+            keep &= recs.quality(k, missing=-math.inf) >= v
+        if fingerprint:
+            keep &= _fingerprint_matches(recs, fingerprint)
+        return np.flatnonzero(keep).tolist()
+
+
+def _fingerprint_matches(recs: RecordList, fingerprint: Mapping[str, Any]) -> np.ndarray:
+    """Whether each record's fingerprint has every key-value of `fingerprint` (one test per distinct fingerprint)."""
+
+    def match(fp: Mapping[str, Any]) -> bool:
+        return all(fp.get(k) == v for k, v in fingerprint.items())
+
+    parts = []
+    for rows, chosen in recs.runs:
+        table = np.array([match(fp) for fp in rows.fingerprints] + [False], dtype=bool)
+        codes = rows.col("fingerprint")[chosen].astype(np.int64)
+        unknown = codes >= len(rows.fingerprints)  # NO_FINGERPRINT: read from the manifest line
+        part = table[np.minimum(codes, len(rows.fingerprints))]
+        row_numbers = np.arange(chosen.start, chosen.stop) if isinstance(chosen, slice) else chosen
+        for k in np.flatnonzero(unknown):
+            part[k] = match(rows.record(int(row_numbers[k]))["fingerprint"])
+        parts.append(part)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def list_segments(root: Path, problem: Callable[[str, int, str, str], None] | None = None) -> list[str]:
+    """Names of the segment folders of store `root` that are safe to read (real folders named as writers name
+    them); each unsafe entry is passed to `problem` (file, line, kind, message)."""
+    problem = problem or (lambda *_: None)
+    seg_root = Path(root) / SEGMENTS
+    if not is_plain_dir(seg_root):
+        if os.path.lexists(seg_root):
+            problem(SEGMENTS, 0, "unsafe folder", "is a symbolic link or not a folder: nothing in it is read")
+        return []
+    try:
+        entries = sorted(os.scandir(seg_root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        why = unsafe_segment(seg_root, e)
+        if why:
+            problem(f"{SEGMENTS}/{e.name}", 0, "unsafe folder", why)
+        elif e.is_dir(follow_symlinks=False):
+            out.append(e.name)
+    return out
 
 
 def unsafe_segment(seg_root: Path, entry: os.DirEntry) -> str | None:
@@ -737,7 +965,7 @@ def _decode_image(f: io.BufferedReader, rec: dict[str, Any]) -> np.ndarray:
             raise ValueError(f"holds {im.format} data, not the {want} its name says")
         if im.size != (rec["width"], rec["height"]):
             raise ValueError(f"is {im.width}x{im.height}, the record says {rec['width']}x{rec['height']}")
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # convert() would only copy an RGB one
 
 
 def _decode_mask(f: io.BufferedReader, rec: dict[str, Any]) -> np.ndarray:

@@ -87,6 +87,14 @@ def check_id(rec: dict[str, Any], segment: str) -> str | None:
 
 def check_paths(rec: dict[str, Any], segment: str, image_exts: tuple[str, ...]) -> str | None:
     """Why the record's image or mask path is unsafe or of the wrong kind (None when both are fine)."""
+    sid, image = rec.get("id"), rec.get("image")
+    if isinstance(image, str) and not segment.startswith(".") and check_id(rec, segment) is None:
+        # The usual record names exactly its own files: such names pass every check below (an id has only
+        # [A-Za-z0-9._-], does not start with '.' here, and is short), so the rest need not run.
+        ext = image.rsplit(".", 1)[-1]
+        own_mask = sample_rel(segment, f"{sid}.mask.png")
+        if ext in image_exts and image == sample_rel(segment, f"{sid}.{ext}") and rec.get("mask") == own_mask:
+            return None
     for key in ("image", "mask"):
         reason = check_sample_path(rec.get(key), segment, key)
         if reason:
@@ -212,22 +220,37 @@ def is_plain_dir(path: Path) -> bool:
         return False
 
 
-def read_complete_lines(path: str, offset: int) -> bytes:
-    """The bytes of `path` from `offset` up to and including its last newline (a torn tail waits)."""
-    with open(path, "rb") as f:
+def read_complete_lines(path: str | Path, offset: int, limit: int | None = None) -> bytes:
+    """The bytes of `path` from `offset` up to and including its last newline (a torn tail waits); with `limit`,
+    about that many bytes at most (more only to complete one longer line). Never through a symbolic link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
         f.seek(offset)
-        chunk = f.read()
+        chunk = f.read(-1 if limit is None else limit)
+        while limit is not None and b"\n" not in chunk and (more := f.read(limit)):
+            chunk += more
     return chunk[: chunk.rfind(b"\n") + 1]
+
+
+def split_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, start offset within chunk, line with its end) for each non-blank line of `chunk`."""
+    pos, number = 0, first_line
+    for line in chunk.splitlines(keepends=True):
+        if line.strip():
+            yield number, pos, line
+        pos += len(line)
+        number += 1
+
+
+def parse_line(line: bytes | str) -> Any:
+    """One log line's JSON, or a ValueError that says why it is not JSON."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError; deep nesting recurses
+        return ValueError(f"not JSON ({type(err).__name__}: {err}): {line[:80]!r}")
 
 
 def parse_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, int, Any]]:
     """(line number, end offset within chunk, parsed JSON or a ValueError) for each non-blank line of `chunk`."""
-    pos, number = 0, first_line
-    for line in chunk.splitlines(keepends=True):
-        pos += len(line)
-        if line.strip():
-            try:
-                yield number, pos, json.loads(line)
-            except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError; deep nesting recurses
-                yield number, pos, ValueError(f"not JSON ({type(err).__name__}: {err}): {line[:80]!r}")
-        number += 1
+    for number, start, line in split_lines(chunk, first_line):
+        yield number, start + len(line), parse_line(line)

@@ -1,10 +1,13 @@
-"""Whole-store operations: verify (and repair), stats, and export to mmseg folders and COCO JSON.
+"""Whole-store operations: verify (and repair), index, stats, and export to mmseg folders and COCO JSON.
 
 `verify` reads every sample back and checks it against its record (formats, sizes, class ids, RLEs,
-classes), every log line, every status and lease file, and the files no record names; each problem
-is reported with its file and line. `verify --repair` (see synthaug.store_repair) quarantines what
-it can fix and deletes nothing; it leaves alone the unreferenced files of a segment whose writer is
-live, and exits non-zero while problems remain.
+classes), every log line, every status and lease file, the files no record names, and each segment
+index against its manifest (verify parses the manifests themselves: it never takes an index on trust);
+each problem is reported with its file and line. `verify --repair` (see synthaug.store_repair)
+quarantines what it can fix and deletes nothing; it leaves alone the unreferenced files of a segment
+whose writer is live, rewrites the index of each sealed segment whose index is bad or stale, missing,
+or whose lines it blanked, and exits non-zero while problems remain. `index_store` (`synthaug index`)
+writes the indexes of sealed segments (see synthaug.store_index).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from synthaug.store import (
+    IMAGE_FORMATS,
     MANIFEST,
     QUARANTINE,
     READERS,
@@ -31,14 +36,18 @@ from synthaug.store import (
     CorruptSampleError,
     SampleAccessError,
     SampleStore,
+    StoreError,
     UnsafeRecordError,
     append_log,
     lease_time_problem,
+    list_segments,
     read_lease,
+    store_vocabulary,
 )
 from synthaug.store_check import SEGMENT_NAME, Problem, UnsafePathError
 from synthaug.store_export import export
-from synthaug.store_lock import WRITER_LOCK, FileLock, holder_of, is_locked
+from synthaug.store_index import INDEX_FILE, BadIndex, disagreement, index_segment, load_index
+from synthaug.store_lock import REPAIR_LOCK, WRITER_LOCK, FileLock, LockHeld, holder_of, is_locked
 from synthaug.store_repair import (
     blank_lines,
     manifest_names,
@@ -48,7 +57,7 @@ from synthaug.store_repair import (
     take_repair_lock,
 )
 
-__all__ = ["VerifyReport", "deep_check", "export", "format_stats", "stats", "verify"]
+__all__ = ["IndexReport", "VerifyReport", "deep_check", "export", "format_stats", "index_store", "stats", "verify"]
 
 STATUS_DIR = "producers"
 #: Problem kinds that `--repair` fixes by blanking the line (its text is kept in quarantine/lines.jsonl).
@@ -73,6 +82,8 @@ class VerifyReport:
     temp_files: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    unindexed: list[str] = field(default_factory=list)
+    reindex: list[str] = field(default_factory=list)
     repaired: bool = False
     actions: list[str] = field(default_factory=list)
     remaining: list[str] = field(default_factory=list)
@@ -98,6 +109,11 @@ class VerifyReport:
             )
         for seg in self.busy:
             lines.append(f"  segment {seg}: its files without a record are left alone while its writer is live")
+        if self.unindexed and not self.repaired:
+            lines.append(
+                f"  {len(self.unindexed)} sealed segment(s) have no index (not a problem: opening them is slower); "
+                "`synthaug index` writes them"
+            )
         if self.orphans or self.temp_files:
             lines.append(
                 f"  {len(self.orphans)} orphan file(s) and {len(self.temp_files)} temporary file(s) left by "
@@ -118,7 +134,7 @@ def verify(
 ) -> VerifyReport:
     """Check every sample (or a seeded random `sample` of them), log line and leftover file, reading samples in
     `jobs` processes with an optional progress bar; with `repair`, quarantine what can be fixed."""
-    store = SampleStore(path, track_lines=True)
+    store = SampleStore(path, index=False)  # the manifests themselves: indexes are checked against them
     report = VerifyReport()
     lock = take_repair_lock(store.root) if repair else None
     try:
@@ -128,6 +144,7 @@ def verify(
         _check_side_files(store, report)
         for seg in store.segment_names():
             _check_segment(store, seg, report, repair)
+            _check_index(store, seg, report)
         report.problems[:0] = store.stats.problems
         report.bad_lines = store.stats.bad_lines
         report.total = len(store.records)
@@ -149,9 +166,9 @@ def _chosen(records: list[dict[str, Any]], sample: int | None) -> list[dict[str,
     return [records[i] for i in picks]
 
 
-def _problem_at(store: SampleStore, rec: dict[str, Any], kind: str, reason: str) -> Problem:
+def _problem_at(store: SampleStore, rec: Mapping[str, Any], kind: str, reason: str) -> Problem:
     """A problem of a record, placed at its manifest line."""
-    file, line = (store.where or {}).get(rec["id"], (f"{SEGMENTS}/?/{MANIFEST}", 0))
+    file, line = store.location(rec)
     return Problem(file, line, kind, f"sample {rec['id']}: {reason}")
 
 
@@ -231,6 +248,25 @@ def deep_check(store: SampleStore, rec: dict[str, Any]) -> None:
             inst.mask()
         except (ValueError, TypeError, KeyError) as err:
             raise CorruptSampleError(rec["id"], f"instance {k}: RLE does not decode: {err}") from None
+
+
+def _check_index(store: SampleStore, seg: str, report: VerifyReport) -> None:
+    """The segment's index against its manifest as parsed: a bad or stale one is a problem (readers ignore it,
+    only slower), to be rewritten; a sealed segment with records and no index is listed in `unindexed`."""
+    seg_dir = store.root / SEGMENTS / seg
+    rel = f"{SEGMENTS}/{seg}/{INDEX_FILE}"
+    try:
+        base = load_index(seg_dir, seg, tuple(IMAGE_FORMATS), len(store.vocabulary))
+        why = None if base is None else disagreement(base, store.segment_rows(seg))
+    except BadIndex as err:
+        report.problems.append(Problem(rel, 0, err.kind, err.message))
+        report.reindex.append(seg)
+        return
+    if why:
+        report.problems.append(Problem(rel, 0, "stale index", f"{why}; not used by readers that notice"))
+        report.reindex.append(seg)
+    elif base is None and len(store.segment_rows(seg) or ()) and not is_locked(seg_dir / WRITER_LOCK):
+        report.unindexed.append(seg)
 
 
 def _check_side_files(store: SampleStore, report: VerifyReport) -> None:
@@ -338,15 +374,31 @@ def _repair(store: SampleStore, report: VerifyReport) -> None:
     if entries:
         append_log(store.root, QUARANTINE, "".join(entries).encode())
         report.actions.append(f"quarantined {len(entries)} sample(s) (listed in {QUARANTINE})")
-    _blank_bad_lines(store.root, report)
+    blanked = _blank_bad_lines(store.root, report)
+    _reindex(store, report, {*report.reindex, *report.unindexed, *blanked})
     report.remaining += [str(p) for p in report.problems if p.kind in ("permission denied", "duplicate id")]
     report.remaining += [str(p) for p in report.problems if p.kind in ("unsafe folder", "unsafe file")]
     report.remaining += [str(p) for p in report.problems if p.kind == "bad status file"]
     report.repaired = True
 
 
-def _blank_bad_lines(root: Path, report: VerifyReport) -> None:
-    """Blank every bad, malformed or unsafe log line found (their text is saved in quarantine/lines.jsonl)."""
+def _reindex(store: SampleStore, report: VerifyReport, segments: set[str]) -> None:
+    """Rewrite the index of each of `segments` that is sealed (a live writer writes its own when it closes)."""
+    for seg in sorted(segments):
+        try:
+            state = index_segment(
+                store.root / SEGMENTS / seg, seg, tuple(IMAGE_FORMATS), len(store.vocabulary), rebuild=True
+            )
+        except OSError as err:
+            report.remaining.append(f"{SEGMENTS}/{seg}/{INDEX_FILE}: could not be written ({err})")
+            continue
+        if state == "written":
+            report.actions.append(f"segment {seg}: index written from its manifest")
+
+
+def _blank_bad_lines(root: Path, report: VerifyReport) -> set[str]:
+    """Blank every bad, malformed or unsafe log line found (their text is saved in quarantine/lines.jsonl);
+    returns the segments whose manifest had lines blanked."""
     by_file: dict[str, set[int]] = {}
     for p in report.problems:
         if p.kind in BLANKABLE and p.line:
@@ -357,21 +409,72 @@ def _blank_bad_lines(root: Path, report: VerifyReport) -> None:
             report.actions.append(f"{rel}: blanked {n} bad line(s) (text kept in quarantine/lines.jsonl)")
         except (OSError, UnsafePathError) as err:
             report.remaining.append(f"{rel}: could not blank lines {sorted(lines)} ({err})")
+    return {rel.split("/")[1] for rel in by_file if rel.startswith(f"{SEGMENTS}/") and rel.endswith(f"/{MANIFEST}")}
+
+
+@dataclass
+class IndexReport:
+    """What `index_store` did per segment: wrote its index, found it fresh, left it to its live writer (busy),
+    found no manifest, or could not write it (with why)."""
+
+    written: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"indexed {len(self.written)} segment(s); {len(self.fresh)} already up to date"
+            + (f"; {len(self.empty)} without a manifest" if self.empty else "")
+        ]
+        lines += [f"  segment {s}: its writer is live; it writes its index when it closes" for s in self.busy]
+        lines += [f"  FAILED: {f}" for f in self.failed]
+        return "\n".join(lines)
+
+
+def index_store(path: str | Path, rebuild: bool = False) -> IndexReport:
+    """Write the index of every sealed segment that has none, or a stale or bad one (`rebuild`: every sealed one
+    from scratch). Needs write access; readers never need an index (they parse the manifest instead)."""
+    root = Path(path)
+    vocabulary = store_vocabulary(root)
+    try:
+        lock = FileLock(root / REPAIR_LOCK, role="synthaug index").acquire()
+    except PermissionError:
+        raise StoreError(
+            f"permission denied writing in {root}: indexes are written by a user who may write the store; "
+            "readers work without them (only slower)"
+        ) from None
+    except LockHeld as held:
+        raise StoreError(f"{root} is being repaired by {held.holder}: run `synthaug index` when it is done") from None
+    report = IndexReport()
+    try:
+        for seg in list_segments(root):
+            try:
+                state = index_segment(root / SEGMENTS / seg, seg, tuple(IMAGE_FORMATS), len(vocabulary), rebuild)
+            except OSError as err:
+                report.failed.append(f"segment {seg}: {err}")
+                continue
+            getattr(report, state).append(seg)
+    finally:
+        lock.release()
+    return report
 
 
 def stats(path: str | Path) -> dict[str, Any]:
     """Counts per class and per segment, and the distribution of each quality figure."""
     store = SampleStore(path)
-    per_class = Counter(c for r in store.records for c in r.get("classes", ()))
-    per_segment = Counter(r["id"].rsplit("-", 1)[0] for r in store.records)
-    quality: dict[str, list[float]] = {}
-    for r in store.records:
-        for k, v in r.get("quality", {}).items():
-            quality.setdefault(k, []).append(float(v))
+    recs = store.records
+    per_class = np.bincount(recs.classes()[1], minlength=len(store.vocabulary))
+    quality = {}
+    for k in recs.quality_keys():
+        v = recs.quality(k)
+        if (present := ~np.isnan(v)).any():
+            quality[k] = v[present]
     return {
         "samples": len(store),
-        "per_class": {store.vocabulary.names[c]: per_class.get(c, 0) for c in range(len(store.vocabulary))},
-        "per_segment": dict(sorted(per_segment.items())),
+        "per_class": {store.vocabulary.names[c]: int(per_class[c]) for c in range(len(store.vocabulary))},
+        "per_segment": dict(sorted(recs.segment_counts().items())),
         "quality": {
             k: {
                 q: round(float(np.quantile(v, p)), 4)
@@ -379,7 +482,7 @@ def stats(path: str | Path) -> dict[str, Any]:
             }
             for k, v in sorted(quality.items())
         },
-        "instances": sum(len(r.get("instances", ())) for r in store.records),
+        "instances": int(recs.column("instances").sum()),
         "producers": producer_states(store.root),
         "bad_manifest_lines": store.stats.bad_lines,
         "problems": [str(p) for p in store.stats.problems[:SHOWN_AT_MOST]],

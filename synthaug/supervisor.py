@@ -41,7 +41,11 @@ class ProducerSupervisor:
         extra_env: dict[str, str] | None = None,
         cpu_threads: int = 1,
         nice: int = 10,
+        score: dict[str, Any] | None = None,
+        hardness_bias: bool = False,
     ) -> None:
+        """`score`: dict(config=the training config, work_dir=its work dir, every=N batches, margin=1.25): the
+        producer re-scores the store with each new checkpoint. `hardness_bias`: it prompts for hard classes more."""
         self.store, self.config, self.device = Path(store), config, device
         self.target_pool, self.max_samples, self.segment = target_pool, max_samples, segment
         self.retire_grace_s = retire_grace_s
@@ -51,6 +55,13 @@ class ProducerSupervisor:
         # A CPU producer shares the cores with the training run: with as many threads as cores and
         # the same priority it slowed mmseg's iterations 60x (measured); one low-priority thread does not.
         self.cpu_threads, self.nice = cpu_threads, nice
+        unknown = set(score or {}) - {"config", "work_dir", "every", "margin"}
+        if score is not None and (unknown or not {"config", "work_dir"} <= set(score)):
+            raise ValueError(
+                f"score={score}: give dict(config=<training config>, work_dir=<its work dir>, every=1, margin=1.25)"
+                + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+            )
+        self.score, self.hardness_bias = dict(score or {}), hardness_bias
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self.state = "idle"
@@ -71,6 +82,11 @@ class ProducerSupervisor:
             cmd += ["--threads", str(self.cpu_threads)]
         if self.nice:
             cmd += ["--nice", str(self.nice)]
+        if self.score:
+            cmd += ["--score-config", str(self.score["config"]), "--score-work-dir", str(self.score["work_dir"])]
+            cmd += ["--score-every", str(self.score.get("every", 1)), "--margin", str(self.score.get("margin", 1.25))]
+        if self.hardness_bias:
+            cmd += ["--hardness-bias"]
         return cmd
 
     def _launch(self) -> None:

@@ -106,6 +106,19 @@ def test_linear_schedule_decays_the_served_share(store, real):
     assert RatioSchedule.parse(0.2)(10**9) == 0.2
 
 
+def test_warmup_serves_real_only_then_the_schedule(store, real):
+    ds = SyntheticMixDataset(real, store, ratio=dict(type="constant", ratio=0.4, warmup=200), seed=3)
+    for it, share in ((0, 0.0), (199, 0.0), (200, 0.4), (10**6, 0.4)):
+        ds.set_iteration(it)
+        served = np.mean([ds.locate(i)[0] == "synthetic" for i in range(len(ds))])
+        assert served == pytest.approx(share, abs=1 / len(ds)), it
+    linear = RatioSchedule.parse(dict(type="linear", start=0.6, end=0.2, iterations=100, warmup=50))
+    assert [linear(i) for i in (0, 49, 50, 100, 150, 999)] == pytest.approx([0, 0, 0.6, 0.4, 0.2, 0.2])
+    for bad in (dict(type="constant", ratio=0.4, warmup=-1), dict(type="constant", warmup=5), dict(type="step")):
+        with pytest.raises(ValueError, match=r"warmup|give a number"):
+            RatioSchedule.parse(bad)
+
+
 def test_same_plan_across_workers_instances_and_resume(store, real):
     def items(ds, workers):
         loader = DataLoader(
@@ -281,7 +294,7 @@ def test_policies_and_filters(tmp_path):
         (dict(policy="newest"), "policy='newest' is unknown"),
         (dict(max_repeats=0), "max_repeats=0 must be >= 1"),
         (dict(empty="block"), "empty='block'"),
-        (dict(ratio={"type": "cosine"}), "give a number, or dict\\(type='linear'"),
+        (dict(ratio={"type": "cosine"}), "give a number, dict\\(type='constant'"),
         (dict(augment={"splice": {"p": 0.5}}), "augment.splice: .*unexpected keyword argument 'p'"),
     ],
 )

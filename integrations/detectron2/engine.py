@@ -14,16 +14,25 @@ from synthaug.integrations.detectron2.loader import SynthaugTrainLoader, wrap_tr
 
 
 def add_synthaug_config(cfg: CfgNode) -> CfgNode:
-    """Add SYNTHAUG.* keys: STORE ('' = off), TASK, RATIO, SEED, POLICY, MIN_QUALITY, MAX_REPEATS, CLASS_MAP,
-    REFRESH_INTERVAL, VIS_PERIOD and AUGMENT.{SPLICE_P_GRID, BLUR_P_GAUSSIAN, BLUR_P_MOTION, BLUR_P_EDGE}."""
+    """Add SYNTHAUG.* keys: STORE ('' = off), TASK, RATIO (+ RATIO_WARMUP, RATIO_END, RATIO_ITERATIONS), SEED,
+    POLICY, MIN_QUALITY, MAX_REPEATS, LOSS_FILTER, MAX_IGNORED, HARDNESS_CAP, CLASS_MAP, REFRESH_INTERVAL,
+    VIS_PERIOD and AUGMENT.{SPLICE_P_GRID, BLUR_P_GAUSSIAN, BLUR_P_MOTION, BLUR_P_EDGE}."""
     cfg.SYNTHAUG = CfgNode()
     cfg.SYNTHAUG.STORE = ""
     cfg.SYNTHAUG.TASK = "instance"  # or "sem_seg": classes are matched to thing_classes or stuff_classes
     cfg.SYNTHAUG.RATIO = 0.25
+    cfg.SYNTHAUG.RATIO_WARMUP = 0  # real-only iterations at the start
+    cfg.SYNTHAUG.RATIO_END = -1.0  # >= 0: the ratio goes linearly from RATIO to RATIO_END over RATIO_ITERATIONS
+    cfg.SYNTHAUG.RATIO_ITERATIONS = 0
     cfg.SYNTHAUG.SEED = 0
     cfg.SYNTHAUG.POLICY = "uniform"
     cfg.SYNTHAUG.MIN_QUALITY = 0.0  # minimum mean_confidence; 0 keeps everything
     cfg.SYNTHAUG.MAX_REPEATS = 0  # per epoch; 0 = no cap
+    # Loss filtering (synthaug.scoring): ignore the pixels the store's newest scores call noise, and leave out
+    # samples with more than MAX_IGNORED of their labelled pixels ignored. POLICY "hardness" uses the scores too.
+    cfg.SYNTHAUG.LOSS_FILTER = False
+    cfg.SYNTHAUG.MAX_IGNORED = 0.5
+    cfg.SYNTHAUG.HARDNESS_CAP = 3.0
     # Store classes whose names differ from the dataset's (matched ignoring case, surrounding space, '_', '-'):
     # "store_name=dataset_name" or "store_name=dataset_id"; "store_name=" ignores that class.
     cfg.SYNTHAUG.CLASS_MAP = []
@@ -45,6 +54,13 @@ def add_synthaug_config(cfg: CfgNode) -> CfgNode:
     cfg.SYNTHAUG.AUGMENT.BLUR_P_MOTION = 0.0
     cfg.SYNTHAUG.AUGMENT.BLUR_P_EDGE = 0.2
     return cfg
+
+
+def ratio_from_cfg(s: CfgNode) -> float | dict:
+    """SYNTHAUG.RATIO with its warm-up and linear end as the mix's ratio (a number or a schedule dict)."""
+    if s.RATIO_END < 0:
+        return dict(type="constant", ratio=s.RATIO, warmup=s.RATIO_WARMUP) if s.RATIO_WARMUP else s.RATIO
+    return dict(type="linear", start=s.RATIO, end=s.RATIO_END, iterations=s.RATIO_ITERATIONS, warmup=s.RATIO_WARMUP)
 
 
 def register_from_cfg(cfg: CfgNode) -> None:
@@ -87,7 +103,7 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
             list(cfg.DATASETS.TRAIN),
             s.STORE,
             task=s.TASK,
-            ratio=s.RATIO,
+            ratio=ratio_from_cfg(s),
             seed=s.SEED,
             class_map=parse_class_map(s.CLASS_MAP),
             class_map_key="SYNTHAUG.CLASS_MAP",
@@ -96,6 +112,9 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
             policy=s.POLICY,
             min_quality={"mean_confidence": s.MIN_QUALITY} if s.MIN_QUALITY > 0 else None,
             max_repeats=s.MAX_REPEATS or None,
+            loss_filter=s.LOSS_FILTER,
+            max_ignored=s.MAX_IGNORED,
+            hardness_cap=s.HARDNESS_CAP,
             augment=augment,
             empty=s.EMPTY,
             wait_timeout=s.WAIT_TIMEOUT,

@@ -96,12 +96,13 @@ class SynthaugTrainLoader:
         out["synthetic_share"] = self.consumed.share
         out["consumed_synthetic"] = float(self.consumed.synthetic)
         out["consumed_images"] = float(self.consumed.synthetic + self.consumed.real)
+        out.update({k: float(c[k]) for k in ("ignored_share", "filtered_out") if k in c})
         return out
 
     def report(self, storage: EventStorage, iteration: int) -> None:
         """synthaug/* scalars every iteration; a console line every `log_period` iterations."""
         t = self.totals()
-        for key in (*LOGGED_COUNTERS, "consumed_synthetic"):
+        for key in (k for k in (*LOGGED_COUNTERS, "consumed_synthetic") if k in t):
             storage.put_scalar(f"synthaug/{key}", t[key], smoothing_hint=False)
         if (iteration + 1) % self.log_period == 0:
             self.log_line(iteration, t)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
@@ -46,16 +47,26 @@ class SyntheticPoolHook(Hook):
     interval: `synthaug_synthetic_share` (counted from the batches trained on, all ranks), pool size,
     served and skipped samples. The consumed counts are saved in checkpoints and restored on resume.
     Every `vis_interval` iterations (0: never) a grid of the batch's synthetic samples with their label
-    overlays goes to the runner's visualiser backends (`synthaug_samples`).
+    overlays goes to the runner's visualiser backends (`synthaug_samples`). Every `class_log_interval`
+    iterations (0: never) the log gets each class's synthetic share of the labelled pixels trained on
+    since the last such line, and, with the loss filter on, the share of synthetic pixels it ignored.
     """
 
     priority = "NORMAL"
 
-    def __init__(self, interval: int = 50, log_interval: int = 1, vis_interval: int = 0, vis_max: int = 8) -> None:
+    def __init__(
+        self,
+        interval: int = 50,
+        log_interval: int = 1,
+        vis_interval: int = 0,
+        vis_max: int = 8,
+        class_log_interval: int = 500,
+    ) -> None:
         for key, value, least in (
             ("interval", interval, 1),
             ("log_interval", log_interval, 1),
             ("vis_interval", vis_interval, 0),
+            ("class_log_interval", class_log_interval, 0),
         ):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"SyntheticPoolHook: {key}={value!r} must be an integer >= {least}")
@@ -70,6 +81,8 @@ class SyntheticPoolHook(Hook):
         self.refresh_ms = 0.0
         self.consumed = ConsumedTally()
         self._offsets: dict[str, float] = {}
+        self.class_log_interval = class_log_interval
+        self._class_pixels: torch.Tensor | None = None  # (2, classes): synthetic and all labelled pixels
 
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
@@ -108,17 +121,48 @@ class SyntheticPoolHook(Hook):
         samples = (data_batch or {}).get("data_samples", [])
         flags = [is_synthetic(s) for s in samples]
         self.consumed.add(*all_ranks_sum(sum(flags), len(flags)))
+        if self.class_log_interval:
+            self._count_class_pixels(runner, samples, flags)
         if self.vis_interval and (runner.iter + 1) % self.vis_interval == 0 and any(flags):
             self._show(runner, data_batch, flags)
         if (runner.iter + 1) % self.log_interval:
             return
         c = self.mix.counters()
         hub = runner.message_hub
-        for key in LOGGED_COUNTERS:
+        for key in (k for k in LOGGED_COUNTERS if k in c):
             hub.update_scalar(f"train/synthaug_{key}", float(c[key]) + self._offsets.get(key, 0.0))
         hub.update_scalar("train/synthaug_synthetic_share", self.consumed.share)
         hub.update_scalar("train/synthaug_consumed_synthetic", float(self.consumed.synthetic))
         hub.update_scalar("train/synthaug_refresh_ms", self.refresh_ms)
+
+    def _count_class_pixels(self, runner, samples: list, flags: list[bool]) -> None:
+        """Tally labelled pixels per class (synthetic and all) from the batch; log the shares every interval."""
+        classes = list(runner.train_dataloader.dataset.metainfo.get("classes", ()))
+        if not classes:
+            return
+        if self._class_pixels is None:
+            self._class_pixels = torch.zeros(2, len(classes), dtype=torch.float64)
+        for sample, synthetic in zip(samples, flags):
+            seg = getattr(getattr(sample, "gt_sem_seg", None), "data", None)
+            if seg is None:
+                continue
+            seg = seg.flatten().long().cpu()
+            counts = torch.bincount(seg[seg < len(classes)], minlength=len(classes)).double()
+            self._class_pixels[1] += counts
+            if synthetic:
+                self._class_pixels[0] += counts
+        if (runner.iter + 1) % self.class_log_interval:
+            return
+        synthetic, total = self._class_pixels
+        shares = ", ".join(
+            f"{name} {s / t:.2f}" for name, s, t in zip(classes, synthetic.tolist(), total.tolist()) if t > 0
+        )
+        line = f"synthaug: synthetic share of labelled pixels per class (last {self.class_log_interval} iterations): {shares}"
+        c = self.mix.counters() if self.mix is not None else {}
+        if "ignored_share" in c:
+            line += f"; the loss filter ignored {c['ignored_share']:.1%} of synthetic pixels served, left out {c['filtered_out']} samples"
+        runner.logger.info(line)
+        self._class_pixels.zero_()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.mix is None:
@@ -242,7 +286,9 @@ class SyntheticProducerHook(Hook):
 
     def __init__(self, store: str, log_interval: int = 10, **producer: Any) -> None:
         """`producer`: ProducerSupervisor's settings (config, device, target_pool, max_samples,
-        retire_grace_s, cpu_threads, nice), with its defaults."""
+        retire_grace_s, cpu_threads, nice, score, hardness_bias), with its defaults. With
+        score=dict(config=<this config>, work_dir=<this run's work dir>) the producer re-scores the store
+        with each checkpoint the run saves, for a mix with loss_filter=True (see synthaug.scoring)."""
         self.kwargs = dict(store=store, **producer)
         self.log_interval = log_interval
         self.supervisor = None

@@ -283,7 +283,8 @@ def test_voc_drop_in_config_parses_with_the_mix_around_mmsegs_own_dataset():
 @pytest.mark.slow
 def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_9(world, tmp_path):
     """The store starts empty; the producer hook fills it; the pool that training sees grows; kill -9 of the
-    producer mid-run is survived (the supervisor restarts it), and the store verifies clean afterwards."""
+    producer mid-run is survived (the supervisor restarts it), and the store verifies clean afterwards. With
+    loss filtering on, the producer scores the store with each new checkpoint and the mix serves filtered samples."""
     import json as _json
     import signal
     import time
@@ -305,6 +306,11 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
         "train_cfg.val_interval=300",
         "custom_hooks.0.interval=20",
         f"custom_hooks.1.config={fast}",
+        # live loss filtering: the producer scores the store with each checkpoint, the mix uses the scores
+        "default_hooks.checkpoint.interval=60",
+        "train_dataloader.dataset.loss_filter=True",
+        f"custom_hooks.1.score.config={ROOT / 'configs' / 'mmseg' / 'toy_fcn_real.py'}",
+        f"custom_hooks.1.score.work_dir={tmp_path / 'work'}",
     ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     status = store / "producers" / "producer-supervised.json"
@@ -325,6 +331,10 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
     assert "exited with -9; restarting" in out and out.count("synthaug producer started") >= 2
     assert "synthaug producer stopped" in out
     assert cli(["verify", str(store)]) == 0
+    scored = sorted((store / "scores").glob("*-iter_*.jsonl"))
+    assert scored, "the producer never scored the store"
+    shares = [float(x.split()[0]) for x in out.split("synthaug_ignored_share: ")[1:]]
+    assert shares and shares[-1] > 0, shares  # the mix served filtered samples
 
 
 def test_paste_transform_with_only_corrupt_samples_returns_the_image_unchanged(tmp_path):

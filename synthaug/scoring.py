@@ -1,0 +1,473 @@
+"""Loss-based noise filtering of synthetic samples (FreeMask's rule), with the scores kept beside the store.
+
+A segmentation model (trained on real data, or the one being trained) runs on every synthetic sample
+and gives each labelled pixel its cross-entropy loss. Per class c, a pixel whose loss is abnormal for
+its class is ignored (set to 255) when the mix serves the sample:
+
+    ignore pixel p of class c  iff  loss(p) > max(margin * median_c, floor)
+
+median_c is the median loss of the class-c pixels of every scored sample. FreeMask compares with the
+class mean; the median is used because the noise itself inflates the mean (planted noise, a toy FCN
+trained 400 iterations: margin 1.25 x mean ignored 66% of the planted pixels, x median 87%, with 7% of
+the right ones). floor = ln 2: a pixel whose labelled class keeps at least half the model's probability
+is never ignored, however small the class's typical loss. A sample whose ignored share of labelled
+pixels passes the mix's `max_ignored` leaves the mix. A sample's hardness is the mean loss of the
+pixels it keeps (hard but clean), which the 'hardness' pool policy draws by.
+
+Scores live in STORE/scores/<time>-<tag>.jsonl, one file per scoring pass (one checkpoint): a header
+line, then one line per sample. A file is written under a hidden temporary name and renamed into place,
+so a scorer killed half-way leaves nothing a reader takes; readers take the newest complete file and
+skip (and count) lines they cannot parse. Samples are never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from synthaug import rle
+from synthaug.sample import Instance, Sample
+from synthaug.store import SampleStore, plain_subdir
+from synthaug.store_check import ID_FORM
+from synthaug.vocabulary import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+SCORES = "scores"
+#: The key of a pool snapshot that names the scores file (its stamp) every reader of that snapshot applies.
+SCORES_KEY = "#scores"
+FORMAT = "synthaug-scores"
+VERSION = 1
+_FILE_NAME = re.compile(r"^\d{20}-[A-Za-z0-9._-]{1,80}\.jsonl$")
+#: An instance more than this share of whose pixels are ignored is dropped from the served sample.
+INSTANCE_IGNORED_DROP = 0.5
+
+
+class LossModel(Protocol):
+    """A segmentation model that gives the per-pixel loss of samples (integrations provide one per framework)."""
+
+    #: The model's class names, in its class ids.
+    classes: Sequence[str]
+    #: What produced the model (a checkpoint path), recorded with the scores.
+    name: str
+
+    def pixel_loss(self, samples: list[Sample]) -> list[np.ndarray]:
+        """(H, W) float cross-entropy of each sample's mask (already in the model's ids) under the model."""
+        ...
+
+
+#: Loss histogram bins (natural-log losses from 1e-4 to 100; about 1.4% wide) for the class medians.
+LOSS_BINS = np.geomspace(1e-4, 100.0, 1025)
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """Which pixels are noise: loss > max(margin * class median loss, floor) (see the module docstring)."""
+
+    margin: float = 1.25
+    floor: float = math.log(2)
+
+    def __post_init__(self) -> None:
+        if not self.margin > 0:
+            raise ValueError(f"margin={self.margin} must be > 0 (a multiple of the class median loss; 1.25 by default)")
+        if not self.floor >= 0:
+            raise ValueError(f"floor={self.floor} must be >= 0 (a loss; ln 2 by default)")
+
+    def thresholds(self, histograms: np.ndarray) -> np.ndarray:
+        """Per class id: the loss above which a pixel of that class is ignored (inf for unseen classes).
+
+        `histograms`: (classes, len(LOSS_BINS) + 1) pixel counts per loss bin (see loss_histograms)."""
+        return np.maximum(self.margin * class_medians(histograms), self.floor)
+
+
+def loss_histograms(class_ids: np.ndarray, loss: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, len(LOSS_BINS) + 1) counts of the pixels of each class per loss bin."""
+    bins = np.searchsorted(LOSS_BINS, loss, side="right")
+    flat = np.bincount(class_ids * (len(LOSS_BINS) + 1) + bins, minlength=n_classes * (len(LOSS_BINS) + 1))
+    return flat[: n_classes * (len(LOSS_BINS) + 1)].reshape(n_classes, -1)
+
+
+def class_medians(histograms: np.ndarray) -> np.ndarray:
+    """Each class's median loss from its histogram (the upper edge of the bin holding the middle pixel)."""
+    edges = np.append(LOSS_BINS, np.inf)
+    out = np.full(len(histograms), np.inf)
+    for c, h in enumerate(histograms):
+        total = h.sum()
+        if total:
+            out[c] = edges[int(np.searchsorted(np.cumsum(h), (total + 1) / 2))]
+    return out
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """One sample's verdict: the pixels to ignore (an RLE, or None), their share of its labelled pixels, hardness."""
+
+    ignored: dict[str, Any] | None
+    ignored_share: float
+    hardness: float
+
+
+def load_loss_model(framework: str, config: str | Path, checkpoint: str | Path, device: str = "cpu") -> LossModel:
+    """A framework's LossModel (imported only now: the core knows no framework)."""
+    if framework == "mmseg":
+        try:
+            from synthaug.integrations.mmseg.scoring import MMSegLossModel
+        except ImportError as err:
+            raise ValueError(
+                f"scoring with mmseg needs MMSegmentation: pip install 'synthaug[mmseg]' ({err})"
+            ) from None
+        return MMSegLossModel(config, checkpoint, device)
+    raise ValueError(f"framework={framework!r}: scoring supports 'mmseg'")
+
+
+def class_lut(store_names: Sequence[str], model_names: Sequence[str]) -> np.ndarray:
+    """256-entry lookup from store class ids to the model's; ValueError naming both lists if they differ."""
+    if sorted(store_names) != sorted(model_names):
+        raise ValueError(
+            f"the checkpoint's classes {list(model_names)} differ from the store's {list(store_names)}: "
+            "score with a model trained on the store's classes"
+        )
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    for i, name in enumerate(store_names):
+        lut[i] = list(model_names).index(name)
+    return lut
+
+
+def score_store(
+    store: str | Path,
+    model: LossModel,
+    rule: FilterRule | None = None,
+    tag: str = "scores",
+    batch_size: int = 16,
+    cache_mb: float = 1024.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Score every sample the store holds now with `model`, and write the scores file; returns its path.
+
+    Two passes: the first takes each class's loss distribution, the second decides each pixel. Losses are kept
+    between them (as float16) up to `cache_mb`; beyond that the model runs again.
+    """
+    rule = rule or FilterRule()
+    st = SampleStore(store)
+    names = st.vocabulary.names
+    lut = class_lut(names, model.classes)
+    back = np.full(256, IGNORE_INDEX, np.uint8)  # model id -> store id
+    back[lut[: len(names)]] = np.arange(len(names), dtype=np.uint8)
+    records = list(st)
+    n_cls = len(names)
+    loss_sum, count = np.zeros(n_cls), np.zeros(n_cls)
+    hist = np.zeros((n_cls, len(LOSS_BINS) + 1), np.int64)
+    cache: dict[str, np.ndarray] = {}
+    budget = cache_mb * 2**20
+    unreadable = 0
+
+    def batches() -> Iterable[list[tuple[str, Sample, np.ndarray | None]]]:
+        nonlocal unreadable
+        for start in range(0, len(records), batch_size):
+            chunk = []
+            for rec in records[start : start + batch_size]:
+                sample = st.try_read_record(rec)
+                if sample is None:
+                    unreadable += 1
+                    continue
+                chunk.append((rec["id"], sample.relabelled(lut), cache.get(rec["id"])))
+            missing = [s for _, s, loss in chunk if loss is None]
+            fresh = iter(model.pixel_loss(missing) if missing else [])
+            yield [(i, s, loss if loss is not None else next(fresh).astype(np.float32)) for i, s, loss in chunk]
+            if progress:
+                progress(min(start + batch_size, len(records)), len(records))
+
+    for chunk in batches():
+        for sample_id, sample, loss in chunk:
+            valid = sample.mask != IGNORE_INDEX
+            ids = back[sample.mask[valid]]
+            loss_sum += np.bincount(ids, weights=loss[valid], minlength=n_cls)[:n_cls]
+            count += np.bincount(ids, minlength=n_cls)[:n_cls]
+            hist += loss_histograms(ids.astype(np.int64), loss[valid], n_cls)
+            if budget >= loss.size * 2:
+                cache[sample_id] = loss.astype(np.float16)
+                budget -= loss.size * 2
+    thresholds = rule.thresholds(hist)
+    unreadable = 0  # counted again in the second pass
+    lines, ignored_px, kept_sum = [], np.zeros(n_cls), np.zeros(n_cls)
+    for chunk in batches():
+        for sample_id, sample, loss in chunk:
+            mask = back[sample.mask]
+            score, ignored = judge(mask, loss.astype(np.float32), thresholds)
+            kept = (mask != IGNORE_INDEX) & ~ignored
+            ignored_px += np.bincount(mask[ignored], minlength=n_cls)[:n_cls]
+            kept_sum += np.bincount(mask[kept], weights=loss[kept], minlength=n_cls)[:n_cls]
+            lines.append(json.dumps({"id": sample_id, **score.__dict__}, separators=(",", ":")))
+    kept_n = count - ignored_px
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "checkpoint": str(model.name),
+        "classes": list(names),
+        "rule": {"margin": rule.margin, "floor": rule.floor},
+        "created": time.time(),
+        "samples": len(lines),
+        "unreadable": unreadable,
+        "class_mean_loss": _per_class(names, np.where(count > 0, loss_sum / np.maximum(count, 1), float("nan"))),
+        "class_median_loss": _per_class(names, class_medians(hist)),
+        "class_threshold": _per_class(names, thresholds),
+        "class_ignored_share": _per_class(names, np.where(count > 0, ignored_px / np.maximum(count, 1), float("nan"))),
+        # the mean loss of the pixels each class keeps: how hard the class is once its noise is ignored
+        "class_hardness": _per_class(names, np.where(kept_n > 0, kept_sum / np.maximum(kept_n, 1), float("nan"))),
+    }
+    return write_scores(st.root, tag, header, lines)
+
+
+def judge(mask: np.ndarray, loss: np.ndarray, thresholds: np.ndarray) -> tuple[SampleScore, np.ndarray]:
+    """A sample's score from its mask (store ids, 255 = ignore), its per-pixel loss and the class thresholds."""
+    valid = mask != IGNORE_INDEX
+    limit = np.full(256, np.inf)
+    limit[: len(thresholds)] = thresholds
+    ignored = valid & (loss > limit[mask])
+    kept = valid & ~ignored
+    n_valid = int(valid.sum())
+    share = float(ignored.sum()) / n_valid if n_valid else 0.0
+    hardness = float(loss[kept].mean()) if kept.any() else 0.0
+    return SampleScore(rle.encode(ignored) if ignored.any() else None, round(share, 6), round(hardness, 6)), ignored
+
+
+def _per_class(names: Sequence[str], values: np.ndarray) -> dict[str, float | None]:
+    return {n: (None if not math.isfinite(v) else round(float(v), 6)) for n, v in zip(names, values)}
+
+
+def write_scores(store: Path, tag: str, header: dict[str, Any], lines: list[str]) -> Path:
+    """Write a scores file crash-safely (hidden temporary name, fsync, rename) into STORE/scores/."""
+    folder = plain_subdir(store, SCORES)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", tag).strip("._")[:80] or "scores"
+    final = folder / f"{time.time_ns():020d}-{slug}.jsonl"
+    tmp = folder / f".tmp-{uuid.uuid4().hex}.jsonl"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(header, separators=(",", ":")) + "\n")
+            for line in lines:
+                f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+@dataclass
+class Scores:
+    """The newest complete scores file of a store, parsed line by line (bad lines skipped and counted)."""
+
+    path: Path
+    header: dict[str, Any]
+    by_id: dict[str, SampleScore] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def newest(
+        cls, store: str | Path, classes: Sequence[str] | None = None, known: Scores | None = None
+    ) -> Scores | None:
+        """The newest readable scores file in STORE/scores/ whose classes are `classes` (None: none yet).
+
+        `known`, the Scores read last time, is returned as is when no newer file has appeared."""
+        folder = Path(store) / SCORES
+        if not folder.is_dir() or folder.is_symlink():
+            return None
+        names = sorted((n for n in os.listdir(folder) if _FILE_NAME.match(n)), reverse=True)
+        skipped: list[str] = []
+        for name in names:
+            if known is not None and known.path.name == name:
+                return known
+            try:
+                scores = cls.read(folder / name)
+            except (OSError, ValueError) as err:
+                skipped.append(f"{name}: {err}")
+                continue
+            if classes is not None and list(scores.header.get("classes", [])) != list(classes):
+                skipped.append(f"{name}: classes {scores.header.get('classes')} are not the store's {list(classes)}")
+                continue
+            scores.problems[:0] = skipped
+            return scores
+        if skipped:
+            log.warning("synthaug: no usable scores file in %s: %s", folder, "; ".join(skipped[:3]))
+        return None
+
+    @property
+    def stamp(self) -> int:
+        """The file's creation time in ns, from its name: what a pool snapshot records (SCORES_KEY)."""
+        return int(self.path.name[:20])
+
+    @classmethod
+    def at(cls, store: str | Path, stamp: int, classes: Sequence[str], known: Scores | None = None) -> Scores | None:
+        """The scores file of `stamp` (None if it is gone or unusable): every reader of one snapshot uses the
+        same scores, whatever newer file appeared since the snapshot was taken."""
+        if known is not None and known.stamp == stamp:
+            return known
+        folder = Path(store) / SCORES
+        if not folder.is_dir() or folder.is_symlink():
+            return None
+        prefix = f"{stamp:020d}-"
+        for name in sorted(n for n in os.listdir(folder) if _FILE_NAME.match(n) and n.startswith(prefix)):
+            try:
+                scores = cls.read(folder / name)
+            except (OSError, ValueError) as err:
+                log.warning("synthaug: the scores file %s cannot be read (%s)", name, err)
+                continue
+            if list(scores.header.get("classes", [])) == list(classes):
+                return scores
+        return None
+
+    @classmethod
+    def read(cls, path: Path) -> Scores:
+        """Parse one scores file; ValueError if its header is not a synthaug scores header."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            raise ValueError("its first line is not a JSON header") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise ValueError(f"not a {FORMAT} v{VERSION} file")
+        scores = cls(path, header)
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                sample_id, score = _parse_line(line)
+                scores.by_id[sample_id] = score
+            except (ValueError, TypeError, KeyError) as err:
+                if len(scores.problems) < 100:
+                    scores.problems.append(f"{path.name}:{number}: {err}")
+        return scores
+
+    def get(self, sample_id: str) -> SampleScore | None:
+        return self.by_id.get(sample_id)
+
+    def apply(self, sample: Sample) -> Sample:
+        """`sample` with its ignored pixels set to 255 and its mostly-ignored instances dropped (a copy)."""
+        score = self.by_id.get(sample.id)
+        if score is None or score.ignored is None:
+            return sample
+        ignored = rle.decode(score.ignored)
+        if ignored.shape != sample.mask.shape:
+            raise ValueError(f"its ignored pixels are {ignored.shape[::-1]}, the mask is {sample.mask.shape[::-1]}")
+        mask = sample.mask.copy()
+        mask[ignored] = IGNORE_INDEX
+        instances = [i for i in sample.instances if not _mostly_ignored(i, ignored)]
+        return Sample(
+            sample.image, mask, instances, sample.prompt, sample.seed, sample.quality, sample.fingerprint, sample.id
+        )
+
+
+def _mostly_ignored(instance: Instance, ignored: np.ndarray) -> bool:
+    pixels = rle.decode(instance.rle)
+    area = int(pixels.sum())
+    return area > 0 and int((pixels & ignored).sum()) > INSTANCE_IGNORED_DROP * area
+
+
+def _parse_line(line: bytes) -> tuple[str, SampleScore]:
+    """(sample id, score) of one line; ValueError, TypeError or KeyError if it is malformed."""
+    d = json.loads(line)
+    sample_id, ignored = d["id"], d["ignored"]
+    if not isinstance(sample_id, str) or not ID_FORM.match(sample_id):
+        raise ValueError(f"id {sample_id!r} is not a sample id")
+    if ignored is not None and not (isinstance(ignored, dict) and isinstance(ignored.get("size"), list)):
+        raise ValueError("'ignored' is neither null nor an RLE")
+    share, hardness = float(d["ignored_share"]), float(d["hardness"])
+    if not (0.0 <= share <= 1.0 and math.isfinite(hardness) and hardness >= 0):
+        raise ValueError(f"ignored_share {share} or hardness {hardness} out of range")
+    return sample_id, SampleScore(ignored, share, hardness)
+
+
+def class_weights(scores: Scores | None, cap: float = 3.0) -> dict[str, float]:
+    """Per class name: clip(hardness_c / mean hardness, 1 / cap, cap) from a scores header ({} without scores).
+
+    The producer prompts for classes in proportion to these (see bias_prompts): hard classes more often."""
+    if scores is None:
+        return {}
+    h = {k: float(v) for k, v in (scores.header.get("class_hardness") or {}).items() if isinstance(v, (int, float))}
+    h = {k: v for k, v in h.items() if math.isfinite(v) and v > 0}
+    if not h:
+        return {}
+    mean = sum(h.values()) / len(h)
+    return {k: min(max(v / mean, 1.0 / cap), cap) for k, v in h.items()}
+
+
+@dataclass(frozen=True)
+class LiveScoring:
+    """What the producer needs to re-score the store whenever training writes a new checkpoint.
+
+    work_dir: the training run's output folder, where mmengine and detectron2 both keep `last_checkpoint`
+    (a text file naming the newest checkpoint). every: poll after this many generated batches."""
+
+    config: Path
+    work_dir: Path
+    framework: str = "mmseg"
+    device: str = "cpu"
+    margin: float = 1.25
+    every: int = 1
+
+
+class LiveScorer:
+    """Scores the store with the newest checkpoint of a training run, once per checkpoint (synthaug produce)."""
+
+    def __init__(self, store: str | Path, settings: LiveScoring) -> None:
+        self.store, self.settings = Path(store), settings
+        self.rule = FilterRule(margin=settings.margin)
+        self.scored: tuple[str, float] | None = None
+        self.runs = 0
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint `last_checkpoint` names (relative names are taken from the work dir), if it exists."""
+        marker = Path(self.settings.work_dir) / "last_checkpoint"
+        try:
+            name = marker.read_text().strip()
+        except OSError:
+            return None
+        if not name:
+            return None
+        path = Path(name)
+        if not path.is_absolute():
+            path = Path(self.settings.work_dir) / path if (Path(self.settings.work_dir) / path).exists() else path
+        return path if path.is_file() else None
+
+    def poll(self) -> Path | None:
+        """Score the store if a checkpoint newer than the last one scored exists; the scores file, or None.
+
+        A checkpoint that cannot be read yet (being written) or a failed pass is logged and tried again later:
+        the producer never stops over scoring."""
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            return None
+        key = (str(ckpt), ckpt.stat().st_mtime)
+        if key == self.scored:
+            return None
+        s = self.settings
+        try:
+            model = load_loss_model(s.framework, s.config, ckpt, s.device)
+            path = score_store(self.store, model, self.rule, tag=ckpt.stem)
+        except Exception as err:  # an unreadable checkpoint raises whatever torch.load or the framework raises
+            # Both frameworks name a checkpoint in last_checkpoint only once it is saved, so a failure is not
+            # transient: the next checkpoint is tried, this one is not retried at every batch.
+            log.warning("synthaug: scoring with %s failed (%s); the next checkpoint will be tried", ckpt, err)
+            self.scored = key
+            return None
+        self.scored = key
+        self.runs += 1
+        log.info("synthaug: scored %s with %s: %s", self.store, ckpt, path.name)
+        return path

@@ -1,0 +1,330 @@
+"""Loss-based noise filtering (synthaug.scoring): the rule, the scores file, and how the pool and mix use it.
+
+The model here is an exact one: its per-pixel loss is the cross-entropy of a model that knows the true
+toy masks (low where the stored label is right, high where it is wrong). The real mmseg scorer on a
+trained model is tested in tests/integrations/test_mmseg_scoring.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthaug import rle
+from synthaug.mix import SyntheticMixDataset
+from synthaug.pool import PoolParams, SyntheticPool, hardness_weights
+from synthaug.sample import Sample
+from synthaug.scoring import (
+    SCORES_KEY,
+    FilterRule,
+    Scores,
+    class_lut,
+    class_weights,
+    judge,
+    loss_histograms,
+    score_store,
+)
+from synthaug.store import SampleStore, StoreWriter, create_store
+from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+NAMES = list(TOY_VOCABULARY.names)
+SIZE = 24
+RIGHT, WRONG = 0.05, 4.0  # losses of a confident model where the label is right / wrong
+
+
+def planted(seed: int) -> tuple[Sample, np.ndarray]:
+    """A toy render whose mask has a 6x6 block of background relabelled 'circle' (the planted noise)."""
+    sample = render_seed(seed, SIZE).to_sample()
+    truth = sample.mask.copy()
+    block = np.zeros_like(truth, bool)
+    block[:6, :6] = True
+    noise = block & (truth == 0)
+    sample.mask = truth.copy()
+    sample.mask[noise] = NAMES.index("circle")
+    return sample, truth
+
+
+class ExactModel:
+    """A LossModel that knows every sample's true mask: loss RIGHT where the label is true, WRONG elsewhere."""
+
+    def __init__(self, truths: dict[int, np.ndarray], classes=NAMES, fail_after: int | None = None) -> None:
+        self.truths, self.classes, self.name = truths, list(classes), "exact"
+        self.calls, self.fail_after = 0, fail_after
+
+    def pixel_loss(self, samples: list[Sample]) -> list[np.ndarray]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("scorer died")
+        lut = class_lut(NAMES, self.classes)
+        out = []
+        for s in samples:
+            truth = lut[self.truths[s.seed]]
+            out.append(np.where(s.mask == truth, RIGHT, WRONG).astype(np.float32))
+        return out
+
+
+@pytest.fixture
+def noisy(tmp_path) -> tuple[Path, dict[int, np.ndarray], dict[str, np.ndarray]]:
+    """A store of 12 planted samples; (store, truth by seed, planted-noise pixels by sample id)."""
+    store = create_store(tmp_path / "store", TOY_VOCABULARY)
+    truths, noise = {}, {}
+    with StoreWriter(store, "gen0", fsync=False) as w:
+        for seed in range(12):
+            sample, truth = planted(seed)
+            rec = w.add(sample)
+            truths[seed] = truth
+            noise[rec["id"]] = sample.mask != truth
+    return store, truths, noise
+
+
+def test_rule_thresholds_follow_class_medians_with_a_floor():
+    rule = FilterRule(margin=1.5, floor=0.5)
+    ids = np.array([0] * 5 + [1] * 5)
+    loss = np.array([0.1, 0.1, 0.1, 0.1, 9.0, 2.0, 3.0, 4.0, 5.0, 90.0])  # outliers do not move a median
+    t = rule.thresholds(loss_histograms(ids, loss, 3))
+    assert t[0] == pytest.approx(0.5)  # 1.5 * 0.1 is under the floor
+    assert t[1] == pytest.approx(1.5 * 4.0, rel=0.02)  # the histogram's bins are about 1.4% wide
+    assert math.isinf(t[2])  # a class no sample has ignores nothing
+    with pytest.raises(ValueError, match="margin=0"):
+        FilterRule(margin=0)
+
+
+def test_judge_ignores_only_pixels_over_their_class_threshold():
+    mask = np.array([[0, 0, 1], [1, 255, 1]], np.uint8)
+    loss = np.array([[0.1, 2.0, 0.1], [5.0, 9.0, 0.2]], np.float32)
+    score, ignored = judge(mask, loss, np.array([1.0, 1.0]))
+    assert ignored.tolist() == [[False, True, False], [True, False, False]]  # 255 is never "ignored" again
+    assert score.ignored_share == pytest.approx(2 / 5)
+    assert score.hardness == pytest.approx(np.mean([0.1, 0.1, 0.2]), abs=1e-6)  # rounded to 6 places
+    assert (rle.decode(score.ignored) == ignored).all()
+
+
+def test_planted_noise_is_ignored_when_the_pool_serves_samples(noisy):
+    store, truths, noise = noisy
+    path = score_store(store, ExactModel(truths), FilterRule(), tag="exact")
+    assert path.parent == store / "scores" and not path.name.startswith(".")
+    pool = SyntheticPool(store, PoolParams(loss_filter=True, max_ignored=1.0))
+    pool.adopt(pool.current_snapshot())
+    assert len(pool) == 12
+    removed_noise = kept_right = total_noise = total_right = 0
+    for j, rec in enumerate(pool.records):
+        served = pool.read(j)
+        planted_px = noise[rec["id"]]
+        ignored = served.mask == 255
+        removed_noise += int((ignored & planted_px).sum())
+        total_noise += int(planted_px.sum())
+        kept_right += int((~ignored & ~planted_px).sum())
+        total_right += int((~planted_px).sum())
+        assert pool.ignored_area(j) == int(ignored.sum())
+    assert total_noise > 50
+    assert removed_noise == total_noise  # every planted pixel is ignored
+    assert kept_right == total_right  # and no right one
+
+
+def test_samples_over_max_ignored_leave_the_pool_and_counters_show_the_share(noisy):
+    store, truths, noise = noisy
+    score_store(store, ExactModel(truths))
+    shares = {sid: px.sum() / px.size for sid, px in noise.items()}
+    cap = float(np.median(list(shares.values())))
+    ds = SyntheticMixDataset(
+        [render_seed(100 + i, SIZE).to_sample() for i in range(20)],
+        store,
+        ratio=0.5,
+        loss_filter=True,
+        max_ignored=cap,
+    )
+    assert {r["id"] for r in ds.pool.records} == {sid for sid, s in shares.items() if s <= cap + 1e-6}
+    for i in range(len(ds)):
+        ds[i]
+    c = ds.counters()
+    assert c["filtered_out"] == 12 - len(ds.pool)
+    assert 0 < c["ignored_share"] < 0.2
+
+
+def test_class_mismatch_names_both_lists(noisy):
+    store, truths, _ = noisy
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint's classes \['background', 'circle', 'square'\] differ from "
+        r"the store's \['background', 'circle', 'square', 'triangle'\]",
+    ):
+        score_store(store, ExactModel(truths, classes=NAMES[:3]))
+
+
+def test_classes_in_another_order_are_matched_by_name(noisy):
+    store, truths, noise = noisy
+    score_store(store, ExactModel(truths, classes=NAMES[::-1]))
+    scores = Scores.newest(store, NAMES)
+    assert sum(s.ignored_share > 0 for s in scores.by_id.values()) == sum(n.any() for n in noise.values())
+
+
+def test_a_scorer_that_dies_half_way_leaves_the_previous_scores(noisy):
+    store, truths, _ = noisy
+    first = score_store(store, ExactModel(truths))
+    with pytest.raises(RuntimeError, match="scorer died"):
+        score_store(store, ExactModel(truths, fail_after=1), batch_size=4)
+    assert sorted(os.listdir(store / "scores")) == [first.name]
+    assert Scores.newest(store, NAMES).path == first
+
+
+def test_a_scorer_killed_while_writing_leaves_nothing_a_reader_takes(noisy):
+    """kill -9 during the write of the scores file: the hidden temporary file is never read."""
+    store, truths, _ = noisy
+    first = score_store(store, ExactModel(truths))
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import synthaug.scoring as s
+        real_fsync = os.fsync
+        def die(fd):
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.fsync = die
+        header = {{"format": s.FORMAT, "version": s.VERSION, "classes": {NAMES!r}}}
+        s.write_scores(__import__("pathlib").Path({str(store)!r}), "killed", header, ["{{}}"] * 1000)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [n for n in os.listdir(store / "scores") if n != first.name]
+    assert leftovers and all(n.startswith(".tmp-") for n in leftovers)
+    assert Scores.newest(store, NAMES).path == first
+
+
+def test_bad_lines_are_skipped_and_counted_and_a_bad_newest_file_falls_back(noisy, caplog):
+    store, truths, _ = noisy
+    first = score_store(store, ExactModel(truths))
+    lines = first.read_text().splitlines()
+    good = json.loads(lines[1])
+    bad = [
+        "not json",
+        json.dumps({**good, "id": "../../etc"}),
+        json.dumps({**good, "ignored_share": 7}),
+        json.dumps({**good, "ignored": "x"}),
+        json.dumps({"id": good["id"]}),
+    ]
+    second = first.with_name("99999999999999999999-edited.jsonl")
+    second.write_text("\n".join([lines[0], *bad, *lines[2:]]) + "\n")
+    scores = Scores.newest(store, NAMES)
+    assert scores.path == second
+    assert len(scores.problems) == 5 and all(p.startswith(second.name) for p in scores.problems)
+    assert len(scores.by_id) == 11  # the first sample's only line was replaced by bad ones
+    third = first.with_name("99999999999999999999-zz-torn.jsonl")
+    third.write_text('{"format": "synthaug-sc')
+    with caplog.at_level(logging.WARNING):
+        assert Scores.newest(store, NAMES).path == second
+    assert Scores.newest(store, NAMES).problems[0].startswith(third.name)
+
+
+def test_symlinked_scores_are_neither_read_nor_written_through(noisy, tmp_path):
+    store, truths, _ = noisy
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    first = score_store(store, ExactModel(truths))
+    link = first.with_name("99999999999999999999-link.jsonl")
+    link.symlink_to(first)
+    assert Scores.newest(store, NAMES).path == first  # the link is refused (O_NOFOLLOW), the file behind it used
+    for name in os.listdir(store / "scores"):
+        os.unlink(store / "scores" / name)
+    os.rmdir(store / "scores")
+    (store / "scores").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OSError, match="symbolic link"):
+        score_store(store, ExactModel(truths))
+    assert os.listdir(outside) == []
+    assert Scores.newest(store, NAMES) is None
+
+
+def test_no_scores_yet_serves_unfiltered_and_says_so_once(noisy, caplog):
+    store, _, _noise = noisy
+    pool = SyntheticPool(store, PoolParams(loss_filter=True))
+    with caplog.at_level(logging.WARNING):
+        pool.adopt(pool.current_snapshot())
+        pool.adopt(pool.current_snapshot())
+    assert sum("holds no scores yet" in r.message for r in caplog.records) == 1
+    assert len(pool) == 12 and not (pool.read(0).mask == 255).any()
+
+
+def test_scores_of_another_vocabulary_are_not_used(noisy):
+    store, truths, _ = noisy
+    score_store(store, ExactModel(truths))
+    assert Scores.newest(store, ["background", "dog"]) is None
+
+
+def test_hardness_weights_are_capped_ratios_to_the_mean(noisy):
+    store, truths, _ = noisy
+    score_store(store, ExactModel(truths))
+    st = SampleStore(store)
+    records = list(st)
+    scores = Scores.newest(store, NAMES)
+    h = np.array([scores.get(r["id"]).hardness for r in records])
+    w = hardness_weights(records, scores, cap=3.0)
+    np.testing.assert_allclose(w, np.clip(h / h.mean(), 1 / 3, 3))
+    unscored = hardness_weights([*records, {"id": "new-1"}], scores, cap=3.0)
+    assert unscored[-1] == 1.0
+    pool = SyntheticPool(store, PoolParams(policy="hardness"))
+    pool.adopt(pool.current_snapshot())
+    np.testing.assert_allclose(pool._weights, w / w.sum())
+
+
+def test_class_weights_follow_hardness_with_a_cap(noisy):
+    store, truths, _ = noisy
+    score_store(store, ExactModel(truths))
+    scores = Scores.newest(store, NAMES)
+    h = {k: v for k, v in scores.header["class_hardness"].items() if v}
+    w = class_weights(scores, cap=2.0)
+    mean = sum(h.values()) / len(h)
+    assert w == pytest.approx({k: min(max(v / mean, 0.5), 2.0) for k, v in h.items()})
+    assert class_weights(None) == {}
+
+
+def test_the_producer_prompts_for_hard_classes_more_often(tmp_path):
+    """Scores that call triangles hard: the producer's prompt class counts move towards triangles."""
+    from synthaug.config import GenerationConfig
+    from synthaug.producer import Producer
+    from synthaug.scoring import FORMAT, VERSION, write_scores
+
+    store = create_store(tmp_path / "store", TOY_VOCABULARY)
+    hardness = {"background": 0.1, "circle": 0.1, "square": 0.1, "triangle": 1.0}
+    write_scores(
+        store, "hard", {"format": FORMAT, "version": VERSION, "classes": NAMES, "class_hardness": hardness}, []
+    )
+    shares = {}
+    for bias in (False, True):
+        producer = Producer(GenerationConfig(), store, segment="p0", hardness_bias=bias)
+        for batch in range(8):
+            producer._prompts(16, 1000 + 16 * batch, TOY_VOCABULARY)
+        counts = producer.class_counts
+        shares[bias] = counts["triangle"] / sum(counts.values())
+    assert shares[False] == pytest.approx(1 / 3, abs=0.1)  # toy scenes draw shapes evenly
+    assert shares[True] > 1.5 * shares[False]
+
+
+def test_every_reader_of_a_snapshot_applies_the_same_scores(noisy):
+    """Workers and ranks adopt one snapshot at different times: a scores file written in between must not
+    change what that snapshot holds (the draw is a function of the snapshot), only the next snapshot."""
+    store, truths, _ = noisy
+    first = score_store(store, ExactModel(truths))
+    a = SyntheticPool(store, PoolParams(loss_filter=True, max_ignored=0.0))
+    snap = a.current_snapshot()
+    a.adopt(snap)
+    assert snap[SCORES_KEY] == Scores.read(first).stamp
+    agreeing = ExactModel({seed: planted(seed)[0].mask for seed in truths})  # a model that finds no noise
+    second = score_store(store, agreeing)
+    b = SyntheticPool(store, PoolParams(loss_filter=True, max_ignored=0.0))
+    b.adopt(snap)
+    assert [r["id"] for r in b.records] == [r["id"] for r in a.records]
+    assert b.scores.path == first
+    later = b.current_snapshot()
+    assert later[SCORES_KEY] == Scores.read(second).stamp
+    b.adopt(later)
+    assert b.scores.path == second
+    assert [r["id"] for r in b.records] != [r["id"] for r in a.records]
