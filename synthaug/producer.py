@@ -122,6 +122,7 @@ class Producer:
             raise ValueError(f"--hardness-cap {hardness_cap} must be >= 1")
         self.class_counts: Counter[str] = Counter()  # classes prompted for, for the status file
         self.batches = 0
+        self._scores = None  # the scores file last read for the hardness bias (re-read only when a newer appears)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stops += 1
@@ -196,7 +197,10 @@ class Producer:
         from synthaug.scoring import Scores, class_weights
 
         cfg = dataclasses.replace(self.cfg, seed=seed)
-        weights = class_weights(Scores.newest(self.store, vocab.names), self.hardness_cap) if self.hardness_bias else {}
+        weights = {}
+        if self.hardness_bias:
+            self._scores = Scores.newest(self.store, vocab.names, known=self._scores)
+            weights = class_weights(self._scores, self.hardness_cap)
         specs = bias_prompts(cfg.prompt_specs(4 * n), weights, vocab, n, seed) if weights else cfg.prompt_specs(n)
         self.class_counts.update(vocab.names[t.class_id] for s in specs for t in s.targets)
         return specs
