@@ -81,10 +81,16 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     if args.score_config is not None:
         from synthaug.scoring import LiveScoring
 
-        if args.score_every < 1:
-            raise ValueError(f"--score-every {args.score_every} must be >= 1 (batches between checkpoint polls)")
+        classes, class_map = _class_options(args, "score_")
         scoring = LiveScoring(
-            args.score_config, args.score_work_dir, args.score_framework, cfg.device, args.margin, args.score_every
+            args.score_config,
+            args.score_work_dir,
+            args.score_framework,
+            cfg.device,
+            args.margin,
+            args.score_every,
+            classes,
+            class_map,
         )
     producer = Producer(
         cfg,
@@ -185,10 +191,38 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_class_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument(
+        f"{prefix}classes",
+        default=None,
+        help="the model's class names, comma-separated, in its ids (detectron2: by default its DATASETS.TRAIN's)",
+    )
+    parser.add_argument(
+        f"{prefix}class-map",
+        action="append",
+        default=[],
+        metavar="STORE=MODEL",
+        help="map a store class to a model class name or id ('STORE=' ignores it); repeat for more (as the mix's)",
+    )
+
+
+def _class_options(args: argparse.Namespace, prefix: str) -> tuple[tuple[str, ...] | None, dict | None]:
+    """(--classes as a tuple or None, --class-map as a dict or None)."""
+    from synthaug.vocabulary import parse_class_map
+
+    text = getattr(args, f"{prefix}classes")
+    classes = tuple(n.strip() for n in text.split(",")) if text else None
+    if classes is not None and not all(classes):
+        raise ValueError(f"--{prefix.replace('_', '-')}classes {text!r} has an empty name: write a,b,c")
+    entries = getattr(args, f"{prefix}class_map")
+    return classes, (parse_class_map(entries, f"--{prefix.replace('_', '-')}class-map") if entries else None)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from synthaug.scoring import FilterRule, Scores, load_loss_model, score_store
 
-    model = load_loss_model(args.framework, args.config, args.checkpoint, args.device)
+    classes, class_map = _class_options(args, "")
+    model = load_loss_model(args.framework, args.config, args.checkpoint, args.device, classes)
 
     def progress(done: int, total: int) -> None:
         print(f"\rscored {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -200,6 +234,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         tag=args.tag or Path(args.checkpoint).stem,
         batch_size=args.batch_size,
         progress=progress if sys.stderr.isatty() else None,
+        class_map=class_map,
     )
     header = Scores.read(path).header
     print(f"scores of {header['samples']} samples ({header['unreadable']} unreadable) by {args.checkpoint}: {path}")
@@ -265,10 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-score the store with each new checkpoint of this training config",
     )
     prod.add_argument("--score-work-dir", type=Path, default=None, help="the training run's work dir (last_checkpoint)")
-    prod.add_argument("--score-framework", choices=["mmseg"], default="mmseg")
+    prod.add_argument("--score-framework", default="mmseg", help="mmseg or detectron2 (default: mmseg)")
     prod.add_argument("--score-every", type=int, default=1, help="look for a new checkpoint every N batches")
+    _add_class_options(prod, "--score-")
     prod.add_argument(
-        "--margin", type=float, default=1.25, help="scoring: ignore pixels above margin x class mean loss"
+        "--margin", type=float, default=1.25, help="scoring: ignore pixels above margin x their class's median loss"
     )
     prod.add_argument("--hardness-bias", action="store_true", help="prompt for hard classes more often (needs scores)")
     prod.add_argument("--hardness-cap", type=float, default=3.0, help="largest class weight over the mean (default: 3)")
@@ -322,11 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
         "score", help="score every sample with a trained model's per-pixel loss; the mix then ignores noisy pixels"
     )
     sc.add_argument("store", type=Path)
-    sc.add_argument("--framework", choices=["mmseg"], default="mmseg")
+    sc.add_argument("--framework", default="mmseg", help="mmseg or detectron2 (default: mmseg)")
+    _add_class_options(sc, "--")
     sc.add_argument("--config", required=True, help="the model's training config")
     sc.add_argument("--checkpoint", required=True, help="a checkpoint of that config (trained on the store's classes)")
     sc.add_argument("--device", default="cpu")
-    sc.add_argument("--margin", type=float, default=1.25, help="ignore pixels above margin x their class's mean loss")
+    sc.add_argument("--margin", type=float, default=1.25, help="ignore pixels above margin x their class's median loss")
     sc.add_argument("--batch-size", type=int, default=16)
     sc.add_argument("--tag", default=None, help="a name for the scores file (default: the checkpoint's name)")
     sc.set_defaults(func=_cmd_score)

@@ -192,15 +192,17 @@ class Producer:
 
     def _prompts(self, n: int, seed: int, vocab) -> list:
         """The next batch's prompts: fresh seeds after a restart (the segment's count moves `seed` on); with the
-        hardness bias, `n` of 4n candidates picked by class weight (see synthaug.scoring.class_weights)."""
+        hardness bias, `n` of 4n candidates picked by class weight (see synthaug.scoring.class_weights), from the
+        store's newest scores and, with live scoring, the training run's latest validation IoU."""
         from synthaug.prompts import bias_prompts
-        from synthaug.scoring import Scores, class_weights
+        from synthaug.scoring import Scores, class_weights, read_class_iou
 
         cfg = dataclasses.replace(self.cfg, seed=seed)
         weights = {}
         if self.hardness_bias:
             self._scores = Scores.newest(self.store, vocab.names, known=self._scores)
-            weights = class_weights(self._scores, self.hardness_cap)
+            iou = read_class_iou(self.scorer.settings.work_dir) if self.scorer is not None else {}
+            weights = class_weights(self._scores, self.hardness_cap, iou)
         specs = bias_prompts(cfg.prompt_specs(4 * n), weights, vocab, n, seed) if weights else cfg.prompt_specs(n)
         self.class_counts.update(vocab.names[t.class_id] for s in specs for t in s.targets)
         return specs

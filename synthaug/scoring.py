@@ -29,7 +29,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ from synthaug import rle
 from synthaug.sample import Instance, Sample
 from synthaug.store import SampleStore, plain_subdir
 from synthaug.store_check import ID_FORM
-from synthaug.vocabulary import IGNORE_INDEX
+from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary, match_classes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ VERSION = 1
 _FILE_NAME = re.compile(r"^\d{20}-[A-Za-z0-9._-]{1,80}\.jsonl$")
 #: An instance more than this share of whose pixels are ignored is dropped from the served sample.
 INSTANCE_IGNORED_DROP = 0.5
+#: The frameworks whose models can score a store (their loss models live in synthaug.integrations).
+FRAMEWORKS = ("mmseg", "detectron2")
 
 
 class LossModel(Protocol):
@@ -63,7 +65,8 @@ class LossModel(Protocol):
     name: str
 
     def pixel_loss(self, samples: list[Sample]) -> list[np.ndarray]:
-        """(H, W) float cross-entropy of each sample's mask (already in the model's ids) under the model."""
+        """(H, W) float loss of each sample's labels (already in the model's ids) under the model, per pixel;
+        NaN where the model does not score a pixel (e.g. outside every instance for an instance model)."""
         ...
 
 
@@ -118,8 +121,15 @@ class SampleScore:
     hardness: float
 
 
-def load_loss_model(framework: str, config: str | Path, checkpoint: str | Path, device: str = "cpu") -> LossModel:
-    """A framework's LossModel (imported only now: the core knows no framework)."""
+def load_loss_model(
+    framework: str,
+    config: str | Path,
+    checkpoint: str | Path,
+    device: str = "cpu",
+    classes: Sequence[str] | None = None,
+) -> LossModel:
+    """A framework's LossModel (imported only now: the core knows no framework). `classes`: the model's class
+    names, where its checkpoint and config do not say them (detectron2 takes them from its registered datasets)."""
     if framework == "mmseg":
         try:
             from synthaug.integrations.mmseg.scoring import MMSegLossModel
@@ -128,20 +138,30 @@ def load_loss_model(framework: str, config: str | Path, checkpoint: str | Path, 
                 f"scoring with mmseg needs MMSegmentation: pip install 'synthaug[mmseg]' ({err})"
             ) from None
         return MMSegLossModel(config, checkpoint, device)
-    raise ValueError(f"framework={framework!r}: scoring supports 'mmseg'")
+    if framework == "detectron2":
+        try:
+            from synthaug.integrations.detectron2.scoring import Detectron2LossModel
+        except ImportError as err:
+            raise ValueError(
+                f"scoring with detectron2 needs detectron2: pip install 'synthaug[detectron2]' ({err})"
+            ) from None
+        return Detectron2LossModel(config, checkpoint, device, classes)
+    raise ValueError(f"framework={framework!r}: scoring supports {list(FRAMEWORKS)}")
 
 
-def class_lut(store_names: Sequence[str], model_names: Sequence[str]) -> np.ndarray:
-    """256-entry lookup from store class ids to the model's; ValueError naming both lists if they differ."""
-    if sorted(store_names) != sorted(model_names):
+def class_lut(
+    vocabulary: ClassVocabulary, model_names: Sequence[str], class_map: Mapping[str, str | int | None] | None = None
+) -> np.ndarray:
+    """256-entry lookup from store class ids to the model's, matched by name as the mix matches them (a store
+    background the model lacks, as an instance model lacks it, is not scored); a clear error naming both lists
+    if a store class has no model class."""
+    try:
+        return match_classes(vocabulary, model_names, class_map, key="class_map (--class-map)", what="the checkpoint")
+    except ValueError as err:
         raise ValueError(
-            f"the checkpoint's classes {list(model_names)} differ from the store's {list(store_names)}: "
-            "score with a model trained on the store's classes"
-        )
-    lut = np.full(256, IGNORE_INDEX, np.uint8)
-    for i, name in enumerate(store_names):
-        lut[i] = list(model_names).index(name)
-    return lut
+            f"the checkpoint's classes {list(model_names)} differ from the store's {list(vocabulary.names)}: score "
+            f"with a model trained on the store's classes, or map them. {err}"
+        ) from None
 
 
 def score_store(
@@ -152,18 +172,18 @@ def score_store(
     batch_size: int = 16,
     cache_mb: float = 1024.0,
     progress: Callable[[int, int], None] | None = None,
+    class_map: Mapping[str, str | int | None] | None = None,
 ) -> Path:
     """Score every sample the store holds now with `model`, and write the scores file; returns its path.
 
     Two passes: the first takes each class's loss distribution, the second decides each pixel. Losses are kept
-    between them (as float16) up to `cache_mb`; beyond that the model runs again.
+    between them (as float16) up to `cache_mb`; beyond that the model runs again. Store classes are matched to
+    the model's by name (or `class_map`, as the mix's); statistics stay per store class.
     """
     rule = rule or FilterRule()
     st = SampleStore(store)
     names = st.vocabulary.names
-    lut = class_lut(names, model.classes)
-    back = np.full(256, IGNORE_INDEX, np.uint8)  # model id -> store id
-    back[lut[: len(names)]] = np.arange(len(names), dtype=np.uint8)
+    lut = class_lut(st.vocabulary, model.classes, class_map)
     records = list(st)
     n_cls = len(names)
     loss_sum, count = np.zeros(n_cls), np.zeros(n_cls)
@@ -172,7 +192,8 @@ def score_store(
     budget = cache_mb * 2**20
     unreadable = 0
 
-    def batches() -> Iterable[list[tuple[str, Sample, np.ndarray | None]]]:
+    def batches() -> Iterable[list[tuple[str, np.ndarray, np.ndarray]]]:
+        """(sample id, loss, its mask in store ids with the pixels the model does not score set to 255) per batch."""
         nonlocal unreadable
         for start in range(0, len(records), batch_size):
             chunk = []
@@ -181,20 +202,30 @@ def score_store(
                 if sample is None:
                     unreadable += 1
                     continue
-                chunk.append((rec["id"], sample.relabelled(lut), cache.get(rec["id"])))
-            missing = [s for _, s, loss in chunk if loss is None]
+                chunk.append((rec["id"], sample, sample.relabelled(lut), cache.get(rec["id"])))
+            missing = [theirs for _, _, theirs, loss in chunk if loss is None]
             fresh = iter(model.pixel_loss(missing) if missing else [])
-            yield [(i, s, loss if loss is not None else next(fresh).astype(np.float32)) for i, s, loss in chunk]
+            yield [
+                (
+                    i,
+                    loss,
+                    np.where((theirs.mask == IGNORE_INDEX) | np.isnan(loss), IGNORE_INDEX, ours.mask).astype(np.uint8),
+                )
+                for i, ours, theirs, loss in (
+                    (i, ours, theirs, loss if loss is not None else next(fresh).astype(np.float32))
+                    for i, ours, theirs, loss in chunk
+                )
+            ]
             if progress:
                 progress(min(start + batch_size, len(records)), len(records))
 
     for chunk in batches():
-        for sample_id, sample, loss in chunk:
-            valid = sample.mask != IGNORE_INDEX
-            ids = back[sample.mask[valid]]
+        for sample_id, loss, mask in chunk:
+            valid = mask != IGNORE_INDEX
+            ids = mask[valid].astype(np.int64)
             loss_sum += np.bincount(ids, weights=loss[valid], minlength=n_cls)[:n_cls]
             count += np.bincount(ids, minlength=n_cls)[:n_cls]
-            hist += loss_histograms(ids.astype(np.int64), loss[valid], n_cls)
+            hist += loss_histograms(ids, loss[valid], n_cls)
             if budget >= loss.size * 2:
                 cache[sample_id] = loss.astype(np.float16)
                 budget -= loss.size * 2
@@ -202,8 +233,7 @@ def score_store(
     unreadable = 0  # counted again in the second pass
     lines, ignored_px, kept_sum = [], np.zeros(n_cls), np.zeros(n_cls)
     for chunk in batches():
-        for sample_id, sample, loss in chunk:
-            mask = back[sample.mask]
+        for sample_id, loss, mask in chunk:
             score, ignored = judge(mask, loss.astype(np.float32), thresholds)
             kept = (mask != IGNORE_INDEX) & ~ignored
             ignored_px += np.bincount(mask[ignored], minlength=n_cls)[:n_cls]
@@ -215,6 +245,7 @@ def score_store(
         "version": VERSION,
         "checkpoint": str(model.name),
         "classes": list(names),
+        "model_classes": list(model.classes),
         "rule": {"margin": rule.margin, "floor": rule.floor},
         "created": time.time(),
         "samples": len(lines),
@@ -394,18 +425,53 @@ def _parse_line(line: bytes) -> tuple[str, SampleScore]:
     return sample_id, SampleScore(ignored, share, hardness)
 
 
-def class_weights(scores: Scores | None, cap: float = 3.0) -> dict[str, float]:
-    """Per class name: clip(hardness_c / mean hardness, 1 / cap, cap) from a scores header ({} without scores).
+def class_weights(
+    scores: Scores | None, cap: float = 3.0, class_iou: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Per class name, how much more often to prompt for it: hard classes more ({} with nothing to go on).
 
-    The producer prompts for classes in proportion to these (see bias_prompts): hard classes more often."""
-    if scores is None:
+    Two signals, each relative to its mean over the classes: the class hardness of the newest scores
+    (h_c / mean h, the loss of the synthetic pixels the model keeps) and the trainer's latest validation
+    IoU ((1 - IoU_c) / mean(1 - IoU), what the model still gets wrong on real data). A class with both gets
+    their geometric mean, a class with one that one; the result is clipped to [1 / cap, cap]. The producer
+    prompts for classes in proportion to these (see bias_prompts)."""
+    factors: dict[str, list[float]] = {}
+    h = {} if scores is None else dict(scores.header.get("class_hardness") or {})
+    miss = {k: 1.0 - float(v) for k, v in (class_iou or {}).items() if isinstance(v, (int, float))}
+    for signal in (h, miss):
+        good = {k: float(v) for k, v in signal.items() if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0}
+        mean = sum(good.values()) / len(good) if good else 0.0
+        if mean > 0:
+            for k, v in good.items():
+                factors.setdefault(k, []).append(v / mean)
+    return {k: min(max(math.prod(f) ** (1 / len(f)), 1.0 / cap), cap) for k, f in factors.items()}
+
+
+#: The file in a training run's work dir where its integration hook keeps the latest per-class validation IoU.
+CLASS_IOU_FILE = "synthaug_class_iou.json"
+
+
+def write_class_iou(work_dir: str | Path, iteration: int, class_iou: Mapping[str, float]) -> Path:
+    """Replace the run's latest per-class validation IoU (0..1; NaN for a class absent from validation) at once."""
+    path = Path(work_dir) / CLASS_IOU_FILE
+    clean = {str(k): (round(float(v), 6) if math.isfinite(float(v)) else None) for k, v in class_iou.items()}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps({"iteration": int(iteration), "class_iou": clean}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_class_iou(work_dir: str | Path) -> dict[str, float]:
+    """The run's latest per-class validation IoU ({} if there is none yet, or it cannot be read)."""
+    try:
+        data = json.loads((Path(work_dir) / CLASS_IOU_FILE).read_text())
+        return {
+            str(k): float(v)
+            for k, v in data["class_iou"].items()
+            if isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    h = {k: float(v) for k, v in (scores.header.get("class_hardness") or {}).items() if isinstance(v, (int, float))}
-    h = {k: v for k, v in h.items() if math.isfinite(v) and v > 0}
-    if not h:
-        return {}
-    mean = sum(h.values()) / len(h)
-    return {k: min(max(v / mean, 1.0 / cap), cap) for k, v in h.items()}
 
 
 @dataclass(frozen=True)
@@ -421,6 +487,15 @@ class LiveScoring:
     device: str = "cpu"
     margin: float = 1.25
     every: int = 1
+    #: the model's class names where the checkpoint does not hold them (detectron2), and the mix's class map
+    classes: tuple[str, ...] | None = None
+    class_map: Mapping[str, str | int | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"framework={self.framework!r}: scoring supports {list(FRAMEWORKS)}")
+        if self.every < 1:
+            raise ValueError(f"every={self.every} must be >= 1 (batches between checkpoint polls)")
 
 
 class LiveScorer:
@@ -459,8 +534,8 @@ class LiveScorer:
             return None
         s = self.settings
         try:
-            model = load_loss_model(s.framework, s.config, ckpt, s.device)
-            path = score_store(self.store, model, self.rule, tag=ckpt.stem)
+            model = load_loss_model(s.framework, s.config, ckpt, s.device, s.classes)
+            path = score_store(self.store, model, self.rule, tag=ckpt.stem, class_map=s.class_map)
         except Exception as err:  # an unreadable checkpoint raises whatever torch.load or the framework raises
             # Both frameworks name a checkpoint in last_checkpoint only once it is saved, so a failure is not
             # transient: the next checkpoint is tried, this one is not retried at every batch.

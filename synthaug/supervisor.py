@@ -44,8 +44,10 @@ class ProducerSupervisor:
         score: dict[str, Any] | None = None,
         hardness_bias: bool = False,
     ) -> None:
-        """`score`: dict(config=the training config, work_dir=its work dir, every=N batches, margin=1.25): the
-        producer re-scores the store with each new checkpoint. `hardness_bias`: it prompts for hard classes more."""
+        """`score`: dict(config=the training config, work_dir=its work dir, every=N batches, margin=1.25, and
+        framework='mmseg'|'detectron2', classes=the model's class names, class_map=the mix's class map where
+        needed): the producer re-scores the store with each new checkpoint. `hardness_bias`: it prompts for hard
+        classes more."""
         self.store, self.config, self.device = Path(store), config, device
         self.target_pool, self.max_samples, self.segment = target_pool, max_samples, segment
         self.retire_grace_s = retire_grace_s
@@ -55,7 +57,7 @@ class ProducerSupervisor:
         # A CPU producer shares the cores with the training run: with as many threads as cores and
         # the same priority it slowed mmseg's iterations 60x (measured); one low-priority thread does not.
         self.cpu_threads, self.nice = cpu_threads, nice
-        unknown = set(score or {}) - {"config", "work_dir", "every", "margin"}
+        unknown = set(score or {}) - {"config", "work_dir", "every", "margin", "framework", "classes", "class_map"}
         if score is not None and (unknown or not {"config", "work_dir"} <= set(score)):
             raise ValueError(
                 f"score={score}: give dict(config=<training config>, work_dir=<its work dir>, every=1, margin=1.25)"
@@ -85,6 +87,11 @@ class ProducerSupervisor:
         if self.score:
             cmd += ["--score-config", str(self.score["config"]), "--score-work-dir", str(self.score["work_dir"])]
             cmd += ["--score-every", str(self.score.get("every", 1)), "--margin", str(self.score.get("margin", 1.25))]
+            cmd += ["--score-framework", str(self.score.get("framework", "mmseg"))]
+            if self.score.get("classes"):
+                cmd += ["--score-classes", ",".join(self.score["classes"])]
+            for name, target in dict(self.score.get("class_map") or {}).items():
+                cmd += ["--score-class-map", f"{name}={'' if target is None else target}"]
         if self.hardness_bias:
             cmd += ["--hardness-bias"]
         return cmd

@@ -113,6 +113,21 @@ def normalize_class_name(name: str) -> str:
     return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
+def parse_class_map(entries: Sequence[str], key: str = "class_map") -> dict[str, str | None]:
+    """Class map entries written as text ("store_name=dataset_name_or_id"; an empty right side = ignore) as a
+    dict for match_classes; `key` is the setting the user wrote them in (named in the error)."""
+    out: dict[str, str | None] = {}
+    for entry in entries:
+        if not isinstance(entry, str) or "=" not in entry:
+            raise ValueError(
+                f"{key} entry {entry!r}: write it as 'store_name=dataset_name' or "
+                "'store_name=dataset_id', or 'store_name=' to ignore that class"
+            )
+        name, target = (p.strip() for p in entry.split("=", 1))
+        out[name] = target or None
+    return out
+
+
 def match_classes(
     store: ClassVocabulary,
     dataset_classes: Sequence[str],

@@ -81,6 +81,52 @@ def test_captures_conditional_half_as_probabilities(random_model):
     assert maps[2].permute(0, 3, 1, 2)[masked].abs().max() < 1e-6
 
 
+def test_captured_map_is_the_layers_own_attention_on_the_conditional_rows(random_model):
+    """One step under guidance: the captured 16 px map equals, averaged over the layers at that factor, the
+    softmax(q k^T) each layer computes from its own inputs (checked against its own output) on the rows of the
+    prompts, and not on the negative prompt's rows, which differ."""
+    unet = random_model.unet
+    layers = [m for name, m in unet.named_modules() if name.endswith("attn2")]
+    seen: list[tuple] = []
+
+    def record(module, args, kwargs, out):
+        if args[0].shape[1] == 16 * 16:  # factor 2 of the 32 px toy latents
+            seen.append((module, args[0], kwargs["encoder_hidden_states"], kwargs.get("attention_mask"), out))
+
+    handles = [m.register_forward_hook(record, with_kwargs=True) for m in layers]
+    try:
+        out = generate_batch(random_model, PROMPTS, [1, 2], steps=1, guidance=3.0, capture=CaptureSpec((2,)))
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen and all(x.shape[0] == 4 for _, x, *_ in seen)  # 2 negative-prompt rows, then 2 prompt rows
+
+    def probs(attn, x, ctx, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head softmax(q k^T * scale + mask) and the layer output it gives (x without group norm)."""
+        b, heads = x.shape[0], attn.heads
+        q, k, v = attn.to_q(x), attn.to_k(ctx), attn.to_v(ctx)
+        split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
+        scores = split(q) @ split(k).transpose(-1, -2) * attn.scale
+        if bias is not None:
+            scores = scores + bias[:, None]
+        p = scores.softmax(-1)
+        y = (p @ split(v)).transpose(1, 2).reshape(b, -1, heads * split(v).shape[-1])
+        return p, attn.to_out[1](attn.to_out[0](y))
+
+    cond, uncond = [], []
+    with torch.no_grad():
+        for attn, x, ctx, bias, actual in seen:
+            assert attn.group_norm is None and attn.norm_q is None and not attn.norm_cross
+            p, y = probs(attn, x, ctx, bias)
+            assert torch.allclose(y, actual, atol=1e-4)  # these are the probabilities the layer used
+            cond.append(p[2:].mean(1))
+            uncond.append(p[:2].mean(1))
+    captured = out.captured.cross_maps()[2].reshape(2, 256, -1)
+    expected = torch.stack(cond).mean(0)
+    assert torch.allclose(captured, expected, atol=1e-5)
+    assert (torch.stack(uncond).mean(0) - expected).abs().max() > 100 * 1e-5  # a capture of those would fail
+
+
 def test_self_attention_and_step_range(random_model):
     spec = CaptureSpec(cross_factors=(), self_factors=(2,), step_range=(0.5, 1.0))
     store = generate_batch(random_model, PROMPTS, [1, 2], steps=4, capture=spec).captured

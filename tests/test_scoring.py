@@ -65,7 +65,7 @@ class ExactModel:
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("scorer died")
-        lut = class_lut(NAMES, self.classes)
+        lut = class_lut(TOY_VOCABULARY, self.classes)
         out = []
         for s in samples:
             truth = lut[self.truths[s.seed]]
@@ -308,6 +308,52 @@ def test_the_producer_prompts_for_hard_classes_more_often(tmp_path):
     assert shares[True] > 1.5 * shares[False]
 
 
+def test_class_weights_combine_hardness_and_validation_iou():
+    """Each signal relative to its class mean; a class with both gets their geometric mean; then the cap."""
+    from synthaug.scoring import FORMAT, Scores
+
+    scores = Scores(Path("x"), {"format": FORMAT, "class_hardness": {"a": 1.0, "b": 3.0, "c": None}}, {})
+    iou = {"a": 0.8, "b": 0.8, "c": 0.2}  # misses 0.2, 0.2, 0.8: mean 0.4
+    w = class_weights(scores, cap=10.0, class_iou=iou)
+    assert w == pytest.approx({"a": (0.5 * 0.5) ** 0.5, "b": (1.5 * 0.5) ** 0.5, "c": 2.0})
+    assert class_weights(None, cap=10.0, class_iou=iou) == pytest.approx({"a": 0.5, "b": 0.5, "c": 2.0})
+    assert class_weights(None, cap=1.5, class_iou={"a": 1.0, "b": 0.0}) == {"a": 1 / 1.5, "b": 1.5}
+    assert class_weights(None, class_iou={"a": 1.0, "b": 1.0}) == {}  # nothing is missed: no signal
+
+
+def test_class_iou_file_round_trips_and_a_bad_one_reads_as_none(tmp_path):
+    from synthaug.scoring import CLASS_IOU_FILE, read_class_iou, write_class_iou
+
+    write_class_iou(tmp_path, 500, {"circle": 0.5, "square": float("nan"), "triangle": 1.0})
+    assert read_class_iou(tmp_path) == {"circle": 0.5, "triangle": 1.0}  # no pixels of a class: no figure
+    assert [p.name for p in tmp_path.iterdir()] == [CLASS_IOU_FILE]  # no temporary file left
+    for bad in ("{", '{"class_iou": [1]}', '{"class_iou": {"circle": 7}}', "null"):
+        (tmp_path / CLASS_IOU_FILE).write_text(bad)
+        assert read_class_iou(tmp_path) == {}
+    assert read_class_iou(tmp_path / "missing") == {}
+
+
+def test_the_producer_prompts_for_classes_the_trainer_validates_badly_more_often(tmp_path):
+    """No scores yet, but the run's validation says triangles are missed: the prompts move towards triangles."""
+    from synthaug.config import GenerationConfig
+    from synthaug.producer import Producer
+    from synthaug.scoring import LiveScoring, write_class_iou
+
+    store = create_store(tmp_path / "store", TOY_VOCABULARY)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_class_iou(work, 100, {"background": 0.95, "circle": 0.9, "square": 0.9, "triangle": 0.3})
+    live = LiveScoring(tmp_path / "config.py", work)  # no checkpoint yet: nothing is scored
+    shares = {}
+    for bias in (False, True):
+        producer = Producer(GenerationConfig(), store, segment="p0", scoring=live, hardness_bias=bias)
+        for batch in range(8):
+            producer._prompts(16, 1000 + 16 * batch, TOY_VOCABULARY)
+        counts = producer.class_counts
+        shares[bias] = counts["triangle"] / sum(counts.values())
+    assert shares[True] > 1.5 * shares[False]
+
+
 def test_every_reader_of_a_snapshot_applies_the_same_scores(noisy):
     """Workers and ranks adopt one snapshot at different times: a scores file written in between must not
     change what that snapshot holds (the draw is a function of the snapshot), only the next snapshot."""
@@ -328,3 +374,30 @@ def test_every_reader_of_a_snapshot_applies_the_same_scores(noisy):
     b.adopt(later)
     assert b.scores.path == second
     assert [r["id"] for r in b.records] != [r["id"] for r in a.records]
+
+
+def test_live_scoring_settings_reach_the_producer_command_line_intact(tmp_path):
+    """What a training run's supervisor asks for (framework, the model's classes, the mix's class map) is what
+    the producer it launches parses; a bad framework or class map fails at start, naming it."""
+    from synthaug.cli import _class_options, build_parser
+    from synthaug.scoring import LiveScoring
+    from synthaug.supervisor import ProducerSupervisor
+
+    score = dict(
+        config=tmp_path / "c.yaml",
+        work_dir=tmp_path,
+        framework="detectron2",
+        classes=["circle", "big box", "triangle"],
+        class_map={"square": "big box", "background": None},
+        every=3,
+    )
+    cmd = ProducerSupervisor(tmp_path / "store", score=score).command()
+    args = build_parser().parse_args(cmd[cmd.index("produce") :])
+    classes, class_map = _class_options(args, "score_")
+    assert args.score_framework == "detectron2" and args.score_every == 3
+    assert classes == ("circle", "big box", "triangle")
+    assert class_map == {"square": "big box", "background": None}
+    with pytest.raises(ValueError, match="framework='caffe'"):
+        LiveScoring(tmp_path / "c.yaml", tmp_path, framework="caffe")
+    with pytest.raises(ValueError, match="--score-class-map entry 'square'"):
+        _class_options(build_parser().parse_args(["produce", "--store", "s", "--score-class-map", "square"]), "score_")

@@ -153,6 +153,9 @@ class SyntheticSafeMapper:
 def dataset_classes(names: Sequence[str], task: str) -> list[str]:
     """thing_classes (instance) or stuff_classes (sem_seg) of the real datasets, the same in all of them."""
     key = "thing_classes" if task == "instance" else "stuff_classes"
+    for name in names:  # a COCO-format registration sets its classes when it is first loaded
+        if not hasattr(MetadataCatalog.get(name), key) and name in DatasetCatalog.list():
+            DatasetCatalog.get(name)
     try:
         check_metadata_consistency(key, list(names))  # detectron2's own multi-dataset check
         return list(getattr(MetadataCatalog.get(names[0]), key))

@@ -12,6 +12,8 @@ from synthaug.integrations.detectron2.catalog import register_coco_entries
 from synthaug.integrations.detectron2.data import MixAsDataset, build_mix, register_mix
 from synthaug.integrations.detectron2.loader import SynthaugTrainLoader, wrap_train_loader
 
+from synthaug.vocabulary import parse_class_map
+
 
 def add_synthaug_config(cfg: CfgNode) -> CfgNode:
     """Add SYNTHAUG.* keys: STORE ('' = off), TASK, RATIO (+ RATIO_WARMUP, RATIO_END, RATIO_ITERATIONS), SEED,
@@ -46,6 +48,12 @@ def add_synthaug_config(cfg: CfgNode) -> CfgNode:
     cfg.SYNTHAUG.PRODUCER.CONFIG = ""  # a gen.yaml; "" = no producer
     cfg.SYNTHAUG.PRODUCER.DEVICE = "cpu"
     cfg.SYNTHAUG.PRODUCER.TARGET_POOL = 0  # 0 = no rolling pool
+    # Live loss filtering: the producer re-scores the store with each checkpoint this run saves
+    # (SOLVER.CHECKPOINT_PERIOD), and with HARDNESS_BIAS prompts for the classes the scores find hard.
+    cfg.SYNTHAUG.PRODUCER.SCORE = False
+    cfg.SYNTHAUG.PRODUCER.SCORE_EVERY = 1  # look for a new checkpoint every N generated batches
+    cfg.SYNTHAUG.PRODUCER.SCORE_MARGIN = 1.25
+    cfg.SYNTHAUG.PRODUCER.HARDNESS_BIAS = False
     cfg.SYNTHAUG.EMPTY = "error"  # or "wait": wait for a producer's first samples
     cfg.SYNTHAUG.WAIT_TIMEOUT = 600.0
     cfg.SYNTHAUG.AUGMENT = CfgNode()
@@ -66,20 +74,6 @@ def ratio_from_cfg(s: CfgNode) -> float | dict:
 def register_from_cfg(cfg: CfgNode) -> None:
     """Register SYNTHAUG.REGISTER_COCO entries (inside the process `launch()` runs); repeating it is harmless."""
     register_coco_entries(cfg.SYNTHAUG.REGISTER_COCO)
-
-
-def parse_class_map(entries: list[str] | tuple[str, ...]) -> dict[str, str | None]:
-    """SYNTHAUG.CLASS_MAP entries ("store_name=dataset_name_or_id", empty right side = ignore) as a dict."""
-    out: dict[str, str | None] = {}
-    for entry in entries:
-        if not isinstance(entry, str) or "=" not in entry:
-            raise ValueError(
-                f"SYNTHAUG.CLASS_MAP entry {entry!r}: write it as 'store_name=dataset_name' or "
-                "'store_name=dataset_id', or 'store_name=' to ignore that class"
-            )
-        name, target = (p.strip() for p in entry.split("=", 1))
-        out[name] = target or None
-    return out
 
 
 def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
@@ -105,7 +99,7 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
             task=s.TASK,
             ratio=ratio_from_cfg(s),
             seed=s.SEED,
-            class_map=parse_class_map(s.CLASS_MAP),
+            class_map=parse_class_map(s.CLASS_MAP, "SYNTHAUG.CLASS_MAP"),
             class_map_key="SYNTHAUG.CLASS_MAP",
             mask_format=cfg.INPUT.MASK_FORMAT,
             real_dicts=real_dicts,
@@ -122,6 +116,54 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
         )
     except ValueError as err:
         raise ValueError(f"SYNTHAUG config: {err}") from None
+
+
+def producer_from_cfg(cfg: CfgNode) -> SyntheticProducerHook | None:
+    """The producer hook SYNTHAUG.PRODUCER asks for (None without PRODUCER.CONFIG), started now. With
+    PRODUCER.SCORE it re-scores the store with this run's checkpoints: the model is rebuilt from a copy of this
+    config saved in OUTPUT_DIR, and its classes are this run's datasets' (the producer cannot register them)."""
+    import os
+
+    from detectron2.utils import comm
+    from synthaug.integrations.detectron2.data import dataset_classes
+
+    s, p = cfg.SYNTHAUG, cfg.SYNTHAUG.PRODUCER
+    if not (s.STORE and p.CONFIG):
+        if p.SCORE or p.HARDNESS_BIAS:
+            raise ValueError(
+                f"SYNTHAUG.PRODUCER.SCORE={p.SCORE} / HARDNESS_BIAS={p.HARDNESS_BIAS} need a producer: set "
+                "SYNTHAUG.STORE and SYNTHAUG.PRODUCER.CONFIG (or score offline with `synthaug score`)"
+            )
+        return None
+    score = None
+    if p.SCORE:
+        if p.SCORE_EVERY < 1 or p.SCORE_MARGIN <= 0:
+            raise ValueError(
+                f"SYNTHAUG.PRODUCER.SCORE_EVERY={p.SCORE_EVERY} / SCORE_MARGIN={p.SCORE_MARGIN}: use an every >= 1 "
+                "(batches between checkpoint polls) and a margin > 0 (1.25 by default)"
+            )
+        saved = os.path.join(cfg.OUTPUT_DIR, "synthaug_scoring_config.yaml")
+        if comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            with open(saved, "w") as f:
+                f.write(cfg.dump())
+        score = dict(
+            config=saved,
+            work_dir=cfg.OUTPUT_DIR,
+            every=p.SCORE_EVERY,
+            margin=p.SCORE_MARGIN,
+            framework="detectron2",
+            classes=dataset_classes(list(cfg.DATASETS.TRAIN), s.TASK),
+            class_map=parse_class_map(s.CLASS_MAP, "SYNTHAUG.CLASS_MAP") or None,
+        )
+    return SyntheticProducerHook(
+        s.STORE,
+        config=p.CONFIG,
+        device=p.DEVICE,
+        target_pool=p.TARGET_POOL or None,
+        score=score,
+        hardness_bias=p.HARDNESS_BIAS,
+    )
 
 
 def with_train_datasets(cfg: CfgNode, names: tuple[str, ...]) -> CfgNode:
@@ -175,12 +217,7 @@ def with_synthaug(trainer_cls):
     class SynthaugTrainer(trainer_cls):
         def __init__(self, cfg):
             register_from_cfg(cfg)
-            p = cfg.SYNTHAUG.PRODUCER
-            self._synthaug_producer = None
-            if cfg.SYNTHAUG.STORE and p.CONFIG:  # start before the train loader waits for samples
-                self._synthaug_producer = SyntheticProducerHook(
-                    cfg.SYNTHAUG.STORE, config=p.CONFIG, device=p.DEVICE, target_pool=p.TARGET_POOL or None
-                )
+            self._synthaug_producer = producer_from_cfg(cfg)  # before the train loader waits for samples
             super().__init__(cfg)
 
         @classmethod
@@ -222,18 +259,24 @@ class SyntheticProducerHook(HookBase):
 
     def __init__(self, store: str, **producer: Any) -> None:
         """`producer`: ProducerSupervisor's settings (config, device, target_pool, max_samples,
-        retire_grace_s, cpu_threads, nice), with its defaults."""
+        retire_grace_s, cpu_threads, nice, score, hardness_bias), with its defaults."""
         from detectron2.utils import comm
 
         from synthaug.supervisor import ProducerSupervisor
 
         self.supervisor = None
+        # with live scoring and the hardness bias, the producer also weighs classes by this run's validation
+        score = producer.get("score") or {}
+        self.iou_dir = score.get("work_dir") if producer.get("hardness_bias") else None
+        self.evaluated = -1
         if comm.is_main_process():
             log_fn = logging.getLogger("detectron2").info
             self.supervisor = ProducerSupervisor(store, **producer, log_fn=log_fn)
             self.supervisor.start()
 
     def after_step(self) -> None:
+        if self.supervisor is not None and self.iou_dir:
+            self._hand_over_class_iou()
         # The status is a file the producer writes: read it when detectron2's writers write (every 20
         # iterations and at the end), not on every step.
         nxt = self.trainer.iter + 1
@@ -244,6 +287,21 @@ class SyntheticProducerHook(HookBase):
         storage.put_scalar("synthaug/producer_rate", float(s.get("rate", 0.0)), smoothing_hint=False)
         storage.put_scalar("synthaug/producer_produced", float(s.get("produced", 0)), smoothing_hint=False)
         storage.put_scalar("synthaug/producer_restarts", float(s["restarts"]), smoothing_hint=False)
+
+    def _hand_over_class_iou(self) -> None:
+        """After an evaluation (EvalHook runs before this hook), write its per-class figures for the producer:
+        semantic IoU (sem_seg/IoU-<class>), or for instances mask AP (segm/AP-<class>), as 0..1."""
+        latest = self.trainer.storage.latest()
+        for prefix in ("sem_seg/IoU-", "segm/AP-"):
+            found = {
+                k[len(prefix) :]: v for k, (v, it) in latest.items() if k.startswith(prefix) and it == self.trainer.iter
+            }
+            if found and self.trainer.iter != self.evaluated:
+                from synthaug.scoring import write_class_iou
+
+                write_class_iou(self.iou_dir, self.trainer.iter, {k: v / 100.0 for k, v in found.items()})
+                self.evaluated = self.trainer.iter
+                return
 
     def after_train(self) -> None:
         if self.supervisor is not None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from synthaug.annotators.cross_attention import aggregate_maps, object_maps
+from synthaug.annotators.cross_attention import object_maps
 from synthaug.attention import CaptureSpec
 
 #: Logit given to classes a prompt does not name (finite, so that softmax and CE stay NaN-free).
@@ -133,7 +133,7 @@ def class_attention(
     `cross` is {factor: (1, h, w, L)}; each object's map is its words' attention, min-max
     normalised; a class channel is the maximum over that class's objects (zero if unprompted).
     """
-    objects = object_maps(aggregate_maps(cross, factors, size)[0], groups)
+    objects = object_maps(cross, factors, groups, size)
     channels = objects.new_zeros((num_classes, *size))
     for k, c in enumerate(class_ids):
         channels[int(c)] = torch.maximum(channels[int(c)], objects[k])

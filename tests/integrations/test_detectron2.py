@@ -30,6 +30,22 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def trained(world) -> Path:
+    """The toy Mask R-CNN trained 300 iterations on the world's real images (mask loss about 0.33)."""
+    out = world / "work_dirs" / "real300"
+    if not (out / "model_final.pth").exists():
+        done = run(
+            world,
+            str(ROOT / "tools" / "train_net.py"),
+            "--config-file",
+            str(D2_CONFIGS / "toy_mask_rcnn_real.yaml"),
+            *("SOLVER.MAX_ITER", "300", "SOLVER.BASE_LR", "0.01", "SEED", "0", "OUTPUT_DIR", str(out)),
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out / "model_final.pth"
+
+
 def run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, *cmd], cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
@@ -166,7 +182,7 @@ def test_coco_example_config_loads_with_the_drop_in_loader():
 
 
 @pytest.mark.slow
-def test_yacs_trainer_with_a_live_producer(world, tmp_path):
+def test_yacs_trainer_with_a_live_producer(world, trained, tmp_path):
     fast = tmp_path / "fast.yaml"
     fast.write_text("batch_size: 2\nsteps: 4\n")
     store, out = tmp_path / "live_store", tmp_path / "out"
@@ -183,8 +199,22 @@ def test_yacs_trainer_with_a_live_producer(world, tmp_path):
         str(fast),
         "SYNTHAUG.REFRESH_INTERVAL",
         "5",
+        # live loss filtering: the producer scores the store with each checkpoint, the mix uses the scores
+        # (from a model that has learnt masks: a new one gives every instance about the same loss)
+        "MODEL.WEIGHTS",
+        str(trained),
+        "SYNTHAUG.PRODUCER.SCORE",
+        "True",
+        "SYNTHAUG.LOSS_FILTER",
+        "True",
+        "SYNTHAUG.PRODUCER.HARDNESS_BIAS",  # the hook hands the producer each evaluation's per-class mask AP
+        "True",
+        "TEST.EVAL_PERIOD",
+        "30",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "10",
         "SOLVER.MAX_ITER",
-        "40",
+        "60",
         "OUTPUT_DIR",
         str(out),
     )
@@ -194,3 +224,187 @@ def test_yacs_trainer_with_a_live_producer(world, tmp_path):
     pools = [r["synthaug/pool_size"] for r in rows if "synthaug/pool_size" in r]
     assert produced and produced[-1] > 0 and pools[-1] > pools[0] > 0, pools  # the pool grew while training ran
     assert "synthaug producer stopped" in done.stdout + done.stderr
+    scored = sorted((store / "scores").glob("*-model_*.jsonl"))
+    assert scored, (
+        "the producer never scored the store: " + (store / "producer-supervised.producer.log").read_text()[-2000:]
+    )
+    shares = [r["synthaug/ignored_share"] for r in rows if "synthaug/ignored_share" in r]
+    assert shares and shares[-1] > 0, shares  # the mix served filtered samples
+    from synthaug.scoring import read_class_iou
+
+    ap = [r for r in rows if "segm/AP-circle" in r]
+    assert ap, "no evaluation ran"
+    written = json.loads((out / "synthaug_class_iou.json").read_text())
+    assert written["iteration"] == ap[0]["iteration"]  # the evaluation at iteration 30 (the final one is after it)
+    got = read_class_iou(out)
+    assert set(got) <= {"circle", "square", "triangle"} and got
+    assert all(got[k] == pytest.approx(ap[0][f"segm/AP-{k}"] / 100, abs=1e-6) for k in got)
+
+
+def _random_mask_rcnn(tmp_path: Path) -> Path:
+    """A checkpoint of the toy Mask R-CNN with its random initial weights (detectron2's own build_model)."""
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_file(str(D2_CONFIGS / "toy_mask_rcnn_real.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    # detectron2 starts the mask predictor near zero (every logit about 0, every loss about ln 2); spread it so
+    # that the class channel and the box the scorer picks change the loss
+    predictor = model.roi_heads.mask_head.predictor
+    torch.nn.init.normal_(predictor.weight, std=0.5)
+    torch.nn.init.normal_(predictor.bias, std=2.0)
+    path = tmp_path / "random.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def test_instance_loss_is_mask_rcnn_loss_of_each_instance_on_its_own_box(world, tmp_path):
+    """The scorer's per-instance loss equals mask_rcnn_loss's formula computed here on the mask head's logits
+    for the instance's box and class, and every pixel of the instance carries it (and no other pixel any)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from detectron2.data import transforms as T
+    from detectron2.structures import BitMasks, Boxes
+    from synthaug.integrations.detectron2.scoring import Detectron2LossModel
+
+    from synthaug import rle
+    from synthaug.toy.world import render_seed
+
+    scorer = Detectron2LossModel(
+        D2_CONFIGS / "toy_mask_rcnn_real.yaml", _random_mask_rcnn(tmp_path), classes=["circle", "square", "triangle"]
+    )
+    sample = render_seed(3, 48).to_sample()  # 48 px: the test resize (64) scales boxes by 4/3
+    sample = sample.relabelled(np.array([255, 0, 1, 2] + [255] * 252, np.uint8))  # store ids -> thing ids
+    assert len(sample.instances) >= 2
+    loss = scorer.pixel_loss([sample])[0]
+
+    model = scorer.model
+    masks = torch.from_numpy(np.stack([rle.decode(i.rle) for i in sample.instances]).astype(bool))
+    boxes = BitMasks(masks).get_bounding_boxes().tensor
+    with torch.no_grad():
+        bgr = np.ascontiguousarray(sample.image[..., ::-1])
+        resized = T.ResizeShortestEdge([64, 64], 128).get_transform(bgr).apply_image(bgr)
+        assert resized.shape[:2] == (64, 64)
+        images = model.preprocess_image([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy())}])
+        features = model.backbone(images.tensor)
+        heads = model.roi_heads
+        pooled = heads.mask_pooler([features[f] for f in heads.mask_in_features], [Boxes(boxes * 64 / 48)])
+        logits = heads.mask_head.layers(pooled)
+        classes = torch.tensor([i.class_id for i in sample.instances])
+        logits = logits[torch.arange(len(classes)), classes]
+    target = BitMasks(masks).crop_and_resize(boxes, logits.shape[-1]).float()
+    expected = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2))
+
+    covered = masks.any(0).numpy()
+    assert np.isnan(loss[~covered]).all()  # outside every instance: not scored
+    for k, m in enumerate(masks.numpy()):
+        alone = m & (masks.sum(0).numpy() == 1)
+        assert np.allclose(loss[alone], expected[k].item(), rtol=0.05), (k, np.unique(loss[alone]), expected[k])
+
+
+def test_synthaug_score_with_a_detectron2_checkpoint(world, tmp_path, monkeypatch, capsys):
+    """`synthaug score --framework detectron2`: classes from the config's registered DATASETS.TRAIN, the store's
+    background not scored, whole instances judged; a checkpoint of other classes is refused, writing nothing."""
+    import shutil
+
+    import numpy as np
+
+    from synthaug import rle
+    from synthaug.cli import main as cli
+    from synthaug.scoring import Scores
+    from synthaug.store import SampleStore
+
+    store = tmp_path / "store"
+    shutil.copytree(world / "data" / "toy_store", store)
+    ckpt = _random_mask_rcnn(tmp_path)
+    config = str(D2_CONFIGS / "toy_mask_rcnn_real.yaml")
+    monkeypatch.chdir(world)  # the config registers data/toy/... relative to where training runs
+    args = ["score", str(store), "--framework", "detectron2", "--config", config, "--checkpoint", str(ckpt)]
+    assert cli([*args, "--margin", "1.0"]) == 0
+    scores = Scores.newest(store, SampleStore(store).vocabulary.names)
+    assert scores is not None and len(scores.by_id) == 16
+    h = scores.header
+    assert h["model_classes"] == ["circle", "square", "triangle"]
+    assert h["class_median_loss"]["background"] is None  # an instance model has no background to score
+    judged = 0
+    opened = SampleStore(store)
+    for sample in (opened.read(k) for k in range(len(opened))):
+        score = scores.get(sample.id)
+        ignored = rle.decode(score.ignored) if score.ignored else np.zeros(sample.mask.shape, bool)
+        pixels = [rle.decode(i.rle).astype(bool) for i in sample.instances]
+        alone = [m & (np.sum(pixels, 0) == 1) for m in pixels]
+        assert not (ignored & ~np.any(pixels, 0)).any()  # only instance pixels are ever ignored
+        for m in alone:
+            if m.any():
+                assert ignored[m].all() or not ignored[m].any()  # an instance is judged whole
+                judged += bool(ignored[m].any())
+    assert judged > 0  # margin 1.0: about half of each class's instances are over its median
+
+    before = sorted(os.listdir(store / "scores"))
+    assert cli([*args, "--classes", "dog,cat"]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint's classes ['dog', 'cat'] differ from the store's" in err
+    assert sorted(os.listdir(store / "scores")) == before
+
+
+@pytest.mark.slow
+def test_mask_loss_filter_drops_planted_wrong_masks(world, trained, tmp_path):
+    """Planted noise for instances: in half of 128 toy renders the first instance's mask is moved a quarter of the
+    image off its object. Scored by the toy Mask R-CNN, most planted instances are dropped and few right ones."""
+    import numpy as np
+
+    from synthaug import rle
+    from synthaug.cli import main as cli
+    from synthaug.sample import Instance
+    from synthaug.scoring import Scores
+    from synthaug.store import SampleStore, StoreWriter, create_store
+    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+
+    store = create_store(tmp_path / "planted", TOY_VOCABULARY)
+    planted: dict[str, bool] = {}
+    with StoreWriter(store, "g", fsync=False) as w:
+        for seed in range(1000, 1128):
+            sample = render_seed(seed, 64).to_sample()
+            moved = seed % 2 == 0 and bool(sample.instances)
+            if moved:
+                first = sample.instances[0]
+                pixels = np.roll(rle.decode(first.rle).astype(bool), (16, 16), (0, 1))
+                sample.instances[0] = Instance.from_mask(first.class_id, pixels)
+                sample.mask[pixels & (sample.mask == 0)] = first.class_id
+            planted[w.add(sample)["id"]] = moved
+    config = str(D2_CONFIGS / "toy_mask_rcnn_real.yaml")
+    args = ["score", str(store), "--framework", "detectron2", "--config", config, "--checkpoint", str(trained)]
+    assert cli([*args, "--classes", "circle,square,triangle"]) == 0
+    opened = SampleStore(store)
+    scores = Scores.newest(store, opened.vocabulary.names)
+    caught, wrongly = [], []
+    for k in range(len(opened)):
+        sample = opened.read(k)
+        served = scores.apply(sample).instances  # what the mix serves: mostly-ignored instances dropped
+        for j, inst in enumerate(sample.instances):
+            (caught if planted[sample.id] and j == 0 else wrongly).append(inst not in served)
+    assert len(caught) == 64
+    assert np.mean(caught) >= 0.75, (np.mean(caught), np.mean(wrongly))
+    assert np.mean(wrongly) <= 0.10, (np.mean(caught), np.mean(wrongly))
+
+
+def test_live_scoring_keys_without_a_producer_or_with_bad_values_fail_at_start_naming_the_key(tmp_path):
+    from detectron2.config import get_cfg
+    from synthaug.integrations.detectron2 import add_synthaug_config
+    from synthaug.integrations.detectron2.engine import producer_from_cfg
+
+    cfg = add_synthaug_config(get_cfg())
+    cfg.SYNTHAUG.STORE, cfg.SYNTHAUG.PRODUCER.SCORE = str(tmp_path / "s"), True
+    with pytest.raises(ValueError, match=r"SYNTHAUG.PRODUCER.SCORE=True .* need a producer: set .*PRODUCER.CONFIG"):
+        producer_from_cfg(cfg)
+    cfg.SYNTHAUG.PRODUCER.CONFIG, cfg.SYNTHAUG.PRODUCER.SCORE_EVERY = "gen.yaml", 0
+    with pytest.raises(ValueError, match=r"SYNTHAUG.PRODUCER.SCORE_EVERY=0"):
+        producer_from_cfg(cfg)
+    cfg.SYNTHAUG.PRODUCER.SCORE = False
+    cfg.SYNTHAUG.STORE = ""
+    assert producer_from_cfg(cfg) is None

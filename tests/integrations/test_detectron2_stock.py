@@ -433,6 +433,30 @@ def test_semantic_fpn_trains_on_exact_dataset_ids_and_evaluates(world, tmp_path)
     results = train_net.Trainer.test(cfg, trainer.model)
     assert "mIoU" in results["sem_seg"]
 
+    # the trained SemanticSegmentor scores the store: per-pixel cross-entropy of its own logits, in store ids
+    import torch
+    import torch.nn.functional as F
+    from synthaug.integrations.detectron2.scoring import Detectron2LossModel
+
+    from synthaug.scoring import Scores, score_store
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(cfg.dump())
+    scorer = Detectron2LossModel(saved, tmp_path / "model_final.pth")
+    assert scorer.task == "sem_seg" and scorer.classes == TOY
+    sample = next(iter(truth.values()))
+    loss = scorer.pixel_loss([sample])[0]
+    trainer.model.eval()
+    with torch.no_grad():
+        bgr = torch.as_tensor(np.ascontiguousarray(sample.image[..., ::-1]).transpose(2, 0, 1).copy())
+        logits = trainer.model([{"image": bgr, "height": 64, "width": 64}])[0]["sem_seg"]
+    target = torch.from_numpy(sample.mask.astype(np.int64))[None]
+    assert np.allclose(loss, F.cross_entropy(logits[None], target, reduction="none")[0].numpy(), atol=1e-5)
+    path = score_store(world / "store", scorer, tag="semantic")
+    header = Scores.read(path).header
+    assert header["samples"] == 8 and header["class_median_loss"]["background"] is not None
+    path.unlink()
+
 
 # ------------------------------------------------------------------------------------- LazyConfig: the model zoo
 

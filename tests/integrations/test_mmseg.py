@@ -311,6 +311,7 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
         "train_dataloader.dataset.loss_filter=True",
         f"custom_hooks.1.score.config={ROOT / 'configs' / 'mmseg' / 'toy_fcn_real.py'}",
         f"custom_hooks.1.score.work_dir={tmp_path / 'work'}",
+        "custom_hooks.1.hardness_bias=True",  # the hook hands the producer each validation's per-class IoU
     ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     status = store / "producers" / "producer-supervised.json"
@@ -335,6 +336,11 @@ def test_live_producer_fills_the_pool_while_train_py_reads_it_and_survives_kill_
     assert scored, "the producer never scored the store"
     shares = [float(x.split()[0]) for x in out.split("synthaug_ignored_share: ")[1:]]
     assert shares and shares[-1] > 0, shares  # the mix served filtered samples
+    from synthaug.scoring import read_class_iou
+
+    iou = read_class_iou(tmp_path / "work")
+    assert set(iou) == {"background", "circle", "square", "triangle"}, iou
+    assert abs(100 * sum(iou.values()) / 4 - float(out.split("mIoU: ")[-1].split()[0])) < 0.02  # mmseg's own mIoU
 
 
 def test_paste_transform_with_only_corrupt_samples_returns_the_image_unchanged(tmp_path):

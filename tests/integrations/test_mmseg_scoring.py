@@ -153,3 +153,27 @@ def test_live_scorer_scores_each_new_checkpoint_once(trained, tmp_path):
     (work / "last_checkpoint").write_text(str(work / "iter_30.pth"))
     assert live.poll() is None and live.poll() is None  # logged once, not retried, the producer goes on
     assert Scores.newest(store, NAMES).path == second
+
+
+def test_observed_iou_metric_reports_per_class_iou_and_computes_what_it_did():
+    """The producer hook's view of mmseg's IoUMetric: per-class IoU from the evaluation's own totals, while the
+    metric's returned figures stay mmseg's."""
+    import copy
+
+    import torch
+    from mmseg.evaluation import IoUMetric
+    from synthaug.integrations.mmseg.hooks import observe_class_iou
+
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = {"classes": ("background", "circle", "square")}
+    # per image: intersect, union, predicted area, label area, per class
+    results = [
+        tuple(torch.tensor(v, dtype=torch.float64) for v in ([8, 1, 0], [10, 4, 0], [9, 2, 0], [9, 3, 0])),
+        tuple(torch.tensor(v, dtype=torch.float64) for v in ([2, 1, 0], [10, 4, 0], [5, 3, 0], [7, 2, 0])),
+    ]
+    plain = copy.deepcopy(metric).compute_metrics(copy.deepcopy(results))
+    seen = []
+    observe_class_iou(metric, seen.append)
+    assert metric.compute_metrics(results) == plain
+    assert seen[0]["background"] == pytest.approx(0.5) and seen[0]["circle"] == pytest.approx(0.25)
+    assert np.isnan(seen[0]["square"])  # no pixels of it in prediction or label
