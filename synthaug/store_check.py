@@ -85,16 +85,22 @@ def check_id(rec: dict[str, Any], segment: str) -> str | None:
     return None
 
 
+def _names_own_files(rec: dict[str, Any], segment: str, image_exts: tuple[str, ...]) -> bool:
+    """Whether a record whose id is its segment's (check_id) names exactly its own files, as the usual record does:
+    such names pass every check of check_paths (an id has only [A-Za-z0-9._-], does not start with '.' here, and is
+    short), so those need not run."""
+    sid, image = rec["id"], rec.get("image")
+    if not isinstance(image, str) or segment.startswith("."):
+        return False
+    ext = image.rsplit(".", 1)[-1]
+    own_mask = sample_rel(segment, f"{sid}.mask.png")
+    return ext in image_exts and image == sample_rel(segment, f"{sid}.{ext}") and rec.get("mask") == own_mask
+
+
 def check_paths(rec: dict[str, Any], segment: str, image_exts: tuple[str, ...]) -> str | None:
     """Why the record's image or mask path is unsafe or of the wrong kind (None when both are fine)."""
-    sid, image = rec.get("id"), rec.get("image")
-    if isinstance(image, str) and not segment.startswith(".") and check_id(rec, segment) is None:
-        # The usual record names exactly its own files: such names pass every check below (an id has only
-        # [A-Za-z0-9._-], does not start with '.' here, and is short), so the rest need not run.
-        ext = image.rsplit(".", 1)[-1]
-        own_mask = sample_rel(segment, f"{sid}.mask.png")
-        if ext in image_exts and image == sample_rel(segment, f"{sid}.{ext}") and rec.get("mask") == own_mask:
-            return None
+    if check_id(rec, segment) is None and _names_own_files(rec, segment, image_exts):
+        return None
     for key in ("image", "mask"):
         reason = check_sample_path(rec.get(key), segment, key)
         if reason:
@@ -122,7 +128,7 @@ def check_fields(rec: dict[str, Any], n_classes: int) -> str | None:
     if not (_is_int(h) and _is_int(w) and h > 0 and w > 0 and h * w <= MAX_PIXELS):
         return f"height {h!r:.40} x width {w!r:.40} are not positive integers of at most {MAX_PIXELS} pixels"
     classes = rec.get("classes", [])
-    if not isinstance(classes, list) or not all(_is_int(c) and 0 <= c < n_classes for c in classes):
+    if not _class_ids(classes, n_classes):
         return f"classes {classes!r:.80} are not a list of class ids in 0..{n_classes - 1}"
     if not isinstance(rec.get("prompt", ""), str):
         return f"prompt {rec['prompt']!r:.80} is not a string"
@@ -139,6 +145,14 @@ def check_fields(rec: dict[str, Any], n_classes: int) -> str | None:
 
 
 _NUMBER_TYPES = (int, float)
+_INT_ONLY = frozenset({int})
+
+
+def _class_ids(classes: Any, n_classes: int) -> bool:
+    """Whether `classes` is a list of class ids in 0..n_classes - 1 (ints, not bools)."""
+    if type(classes) is list and classes and set(map(type, classes)) == _INT_ONLY:  # the usual list, at C speed
+        return min(classes) >= 0 and max(classes) < n_classes
+    return isinstance(classes, list) and all(_is_int(c) and 0 <= c < n_classes for c in classes)
 
 
 def check_instances(instances: Any, h: int, w: int, n_classes: int) -> str | None:
@@ -173,10 +187,12 @@ def check_record(rec: Any, segment: str, n_classes: int, image_exts: tuple[str, 
     for key in ("image", "mask"):
         if not isinstance(rec.get(key), str):
             return "bad record", f"{key} is {rec.get(key)!r:.80}, not a path string"
-    reason = check_paths(rec, segment, image_exts)
-    if reason:
-        return "unsafe record", reason
-    reason = check_id(rec, segment) or check_fields(rec, n_classes)
+    bad_id = check_id(rec, segment)
+    if bad_id is not None or not _names_own_files(rec, segment, image_exts):
+        reason = check_paths(rec, segment, image_exts)
+        if reason:
+            return "unsafe record", reason
+    reason = bad_id or check_fields(rec, n_classes)
     return ("bad record", reason) if reason else None
 
 

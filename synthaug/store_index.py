@@ -264,6 +264,7 @@ def _inconsistency(d: IndexData, n_classes: int, n_exts: int) -> str | None:
     if not all(isinstance(fp, dict) for fp in d.fingerprints):
         return "a fingerprint is not a mapping"
     if not n:
+        d.sorted = True  # no row is out of order (rows parsed later are checked as they come)
         return None if d.class_offsets[0] == 0 and not len(d.class_values) else "rows and classes disagree"
     ends = c["offset"] + c["length"]
     if c["offset"][0] < 0 or (np.diff(c["offset"]) < c["length"][:-1]).any() or ends[-1] > d.covered_bytes:

@@ -79,13 +79,26 @@ def parse_id(sample_id: str) -> tuple[str, int] | None:
     return seg, id_key(int(number), len(number))
 
 
+#: What json.loads runs on a string once its checks are done (the same decoder settings as json.loads).
+_SCAN = json.JSONDecoder().scan_once
+
+
 def _parse(line: bytes) -> Any:
-    """store_check.parse_line, decoding UTF-8 first: what json.loads does with bytes, without its per-call
-    encoding detection (a line in another encoding is left to json.loads)."""
+    """store_check.parse_line, decoding UTF-8 first (a leading BOM dropped): what json.loads does with bytes,
+    without its per-call encoding detection (a line in another encoding is left to json.loads). The usual line,
+    one JSON value then its line end, is scanned directly; any other line, or one that does not scan, goes
+    through parse_line, so what it gives and every error are exactly json.loads'."""
     try:
-        return parse_line(line.decode("utf-8-sig"))
+        text = line.decode("utf-8")
     except UnicodeDecodeError:
         return parse_line(line)
+    if text[:1] == "\ufeff":
+        text = text[1:]
+    try:
+        value, end = _SCAN(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return parse_line(text)
+    return value if not text[end:].strip(" \t\n\r") else parse_line(text)
 
 
 class _Column:
@@ -458,6 +471,23 @@ def _run_len(rows: slice | np.ndarray) -> int:
     return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
 
 
+def _run_part(rows: slice | np.ndarray, start: int, stop: int) -> slice | np.ndarray:
+    """Entries [start, stop) of a run's rows, as a slice or an array like the run."""
+    return slice(rows.start + start, rows.start + stop) if isinstance(rows, slice) else rows[start:stop]
+
+
+def _starts_with(rows: slice | np.ndarray, head: slice | np.ndarray) -> bool:
+    """Whether a run's rows begin with the rows `head`."""
+    n = _run_len(head)
+    if n > _run_len(rows):
+        return False
+    if isinstance(rows, slice) and isinstance(head, slice):
+        return n == 0 or head.start == rows.start
+    part = _run_part(rows, 0, n)
+    as_array = [np.arange(r.start, r.stop) if isinstance(r, slice) else r for r in (part, head)]
+    return bool(np.array_equal(*as_array))
+
+
 class RecordList(Sequence[Record]):
     """Records of several segments in a given order, as runs (segment rows, a slice or an array of row numbers).
     Indexing gives Record views; `column`, `quality` and `classes` give arrays over all of them at once."""
@@ -585,6 +615,27 @@ class RecordList(Sequence[Record]):
         for seg, rows in self.runs:
             out[seg.name] = out.get(seg.name, 0) + _run_len(rows)
         return out
+
+    def added_since(self, old: RecordList) -> tuple[np.ndarray, RecordList] | None:
+        """If these are the records of `old`, in its order, with records added (each run of `old` begins the run of
+        its segment here, in the same order; whole new runs anywhere): the positions here of the added records
+        (ascending) and the added records. None otherwise (a record of `old` is gone or moved).
+
+        What a pool adopting a grown snapshot uses to weigh only the new records."""
+        at, positions, added = 0, [], []
+        for k, (seg, rows) in enumerate(self.runs):
+            kept = 0
+            if at < len(old.runs) and old.runs[at][0] is seg:
+                if not _starts_with(rows, old.runs[at][1]):
+                    return None
+                kept = _run_len(old.runs[at][1])
+                at += 1
+            if kept < _run_len(rows):
+                added.append((seg, _run_part(rows, kept, _run_len(rows))))
+                positions.append(np.arange(self._starts[k] + kept, self._starts[k + 1]))
+        if at < len(old.runs):
+            return None
+        return (np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)), RecordList(added)
 
     def filter(self, keep: np.ndarray) -> RecordList:
         """The records whose entry of boolean `keep` (one per record, in order) is True."""

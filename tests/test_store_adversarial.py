@@ -463,3 +463,52 @@ def test_a_deeply_nested_line_is_skipped_not_fatal(tmp_path):
         f.write("[" * 3000 + "\n")  # json.loads recurses past Python's limit
     assert len(SampleStore(path)) == 1
     assert cli(["stats", str(path)]) == 0 and cli(["verify", str(path)]) == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"a":1}\n',
+        b' {"a":1}\n',
+        b'{"a":1} \t\r\n',
+        b'{"a":1}\r',
+        b'{"a":1}\x0b\n',
+        b'{"a":1}\xc2\xa0\n',
+        b'{"a":1}{"b":2}\n',
+        b"1, 2\n",
+        b'\xef\xbb\xbf{"a":1}\n',
+        b'\xef\xbb\xbf\xef\xbb\xbf{"a":1}\n',
+        b'{"a":"\xff"}\n',
+        '{"a":1}\n'.encode("utf-16"),
+        b"NaN\n",
+        b'{"a":\n',
+        b'{"a":1,"a":2}\n',
+        b"[" * 3000 + b"\n",
+    ],
+)
+def test_a_manifest_line_parses_exactly_as_json_loads_parses_it(line):
+    """The reader's direct scan of the usual line gives what store_check.parse_line (json.loads) gives, value or
+    error, for every unusual line too (spaces around, BOMs, other encodings, extra data, NaN, deep nesting)."""
+    from synthaug.store_check import parse_line
+    from synthaug.store_rows import _parse
+
+    try:
+        want = parse_line(line.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        want = parse_line(line)
+    got = _parse(line)
+    assert type(got) is type(want)
+    if isinstance(want, Exception):
+        assert str(got) == str(want)
+    else:
+        assert json.dumps(got) == json.dumps(want)
+
+
+@pytest.mark.parametrize(
+    "classes", [[], [0, 3], [3, 0, 3], [0, 4], [-1], [True], [0, 1.0], [0, "1"], "01", None, (0, 1), [2**70]]
+)
+def test_class_ids_are_checked_alike_on_the_fast_path(classes):
+    from synthaug.store_check import _class_ids, _is_int
+
+    want = isinstance(classes, list) and all(_is_int(c) and 0 <= c < 4 for c in classes)
+    assert _class_ids(classes, 4) == want

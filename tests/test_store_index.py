@@ -11,6 +11,7 @@ import pickle
 import random
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -312,32 +313,35 @@ def test_a_pickled_reader_maps_the_index_again_or_parses_if_it_changed(tmp_path)
 # ---------------------------------------------------------------------------------------- pool equivalence
 
 
+def _random_line(seg: str, k: int, rng: random.Random, classes: list[int] | None = None, broken: float = 0.05) -> str:
+    """Manifest line of record k of `seg` (a broken line with probability `broken`), with random classes (or
+    `classes`), quality figures (some missing) and times (many equal)."""
+    if rng.random() < broken:
+        return "{broken\n"
+    sid = f"{seg}-{k:08d}"
+    n_classes = len(TOY_VOCABULARY)
+    quality = {q: round(rng.random(), 3) for q in ("mean_confidence", "area") if rng.random() < 0.8}
+    rec = {
+        "id": sid,
+        "image": f"{SEGMENTS}/{seg}/samples/{sid}.png",
+        "mask": f"{SEGMENTS}/{seg}/samples/{sid}.mask.png",
+        "height": 32,
+        "width": 32,
+        "classes": sorted(rng.sample(range(n_classes), rng.randint(0, n_classes))) if classes is None else classes,
+        "quality": quality,
+        "created": rng.choice([1000.0, 1000.5, rng.uniform(0, 2000)]),
+        "fingerprint": {"model": rng.choice(["a", "b"])},
+    }
+    return json.dumps(rec) + "\n"
+
+
 def _random_store(path: Path, rng: random.Random) -> Path:
     """Segments of manifest lines only (no sample files: weights need none), with random classes, quality figures
     (some missing), times, bad lines, retirements and a quarantined record."""
     create_store(path, TOY_VOCABULARY)
-    n_classes = len(TOY_VOCABULARY)
     for seg in ("s0", "s1", "s2"):
         (path / SEGMENTS / seg / "samples").mkdir(parents=True)
-        lines = []
-        for k in range(rng.randint(20, 60)):
-            if rng.random() < 0.05:
-                lines.append("{broken\n")
-                continue
-            sid = f"{seg}-{k:08d}"
-            quality = {q: round(rng.random(), 3) for q in ("mean_confidence", "area") if rng.random() < 0.8}
-            rec = {
-                "id": sid,
-                "image": f"{SEGMENTS}/{seg}/samples/{sid}.png",
-                "mask": f"{SEGMENTS}/{seg}/samples/{sid}.mask.png",
-                "height": 32,
-                "width": 32,
-                "classes": sorted(rng.sample(range(n_classes), rng.randint(0, n_classes))),
-                "quality": quality,
-                "created": rng.choice([1000.0, 1000.5, rng.uniform(0, 2000)]),
-                "fingerprint": {"model": rng.choice(["a", "b"])},
-            }
-            lines.append(json.dumps(rec) + "\n")
+        lines = [_random_line(seg, k, rng) for k in range(rng.randint(20, 60))]
         (path / SEGMENTS / seg / MANIFEST).write_text("".join(lines))
     retire(path, [f"s1-{k:08d}" for k in range(3)])
     append_log(path, QUARANTINE, b'{"id": "s0-00000004"}\n')
@@ -404,3 +408,126 @@ def test_pool_policies_weigh_alike_with_and_without_the_index(tmp_path, seed):
     assert stats(path)["per_class"] == per_class and stats(path)["samples"] == len(live)
     assert indexed.select(fingerprint={"model": "a"}) == parsed.select(fingerprint={"model": "a"})
     assert indexed.select(min_quality={"area": 0.5}) == parsed.select(min_quality={"area": 0.5})
+
+
+def _grow(path: Path, rng: random.Random, step: int, sizes: dict[str, int]) -> None:
+    """One round of a live store: records (and a bad line now and then) appended to old and new segments, at the
+    end of the canonical order and before old records; records without classes only (the class order by count
+    holds); a retirement or a quarantine."""
+    for seg in rng.sample(["a0", "s0", "s1", "s1b", "s2", "z9"], rng.randint(1, 3)):
+        if seg not in sizes:
+            (path / SEGMENTS / seg / "samples").mkdir(parents=True)
+            sizes[seg] = 0
+        classes = [] if step == 2 else None
+        lines = [_random_line(seg, sizes[seg] + k, rng, classes) for k in range(rng.randint(1, 12))]
+        sizes[seg] += len(lines)
+        with open(path / SEGMENTS / seg / MANIFEST, "a") as f:
+            f.write("".join(lines))
+    if step == 4:
+        retire(path, ["s2-00000007"])
+    if step == 5:
+        append_log(path, QUARANTINE, b'{"id": "s0-00000009"}\n')
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_pool_that_adopts_grown_snapshots_weighs_exactly_as_a_new_pool(tmp_path, seed, monkeypatch):
+    """The incremental weights (new records merged into the kept age order, class counts and rarest classes) are
+    bit for bit those of a pool that weighs the same snapshot from scratch, draws included."""
+    import synthaug.pool as pool_module
+
+    path = _random_store(tmp_path / "s", random.Random(seed))
+    if seed:
+        assert not index_store(path).failed  # indexed rows and parsed rows after them
+    used: Counter[str] = Counter()
+
+    def spy(owner: object, name: str) -> None:
+        real = getattr(owner, name)
+
+        def counted(*args):
+            used[name] += 1
+            return real(*args)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    spy(pool_module._Gapped, "splice")
+    spy(pool_module, "_merge_sorted")
+    background = TOY_VOCABULARY.names.index(TOY_VOCABULARY.background)
+    for policy in ("uniform", "fresh", "class_balanced", "quality"):
+        for mq in ({}, {"mean_confidence": 0.3}):
+            case = tmp_path / f"{policy}-{len(mq)}"
+            shutil.copytree(path, case)
+            rng, sizes = random.Random(seed), {seg: 60 for seg in ("s0", "s1", "s2")}
+            params = PoolParams(policy=policy, min_quality=mq)
+            grown = SyntheticPool(SampleStore(case), params)
+            grown.adopt(grown.current_snapshot())
+            snaps = []
+            for step in range(8):
+                _grow(case, rng, step, sizes)
+                snaps.append(grown.current_snapshot())
+                snap = snaps[1] if step == 6 else snaps[-1]  # an older snapshot again, then a newer one
+                grown.adopt(snap)
+                fresh = SyntheticPool(SampleStore(case), params)
+                fresh.adopt(snap)
+                ids = [r["id"] for r in grown.records]
+                assert ids == [r["id"] for r in fresh.records], (policy, mq, step)
+                assert np.array_equal(grown._weights, fresh._weights), (policy, mq, step)
+                want = _reference_weights([dict(r) for r in grown.records], PoolParams(policy=policy), background)
+                assert np.array_equal(grown._weights, want), (policy, mq, step)
+                assert np.array_equal(grown.assignment(40, step, seed), fresh.assignment(40, step, seed))
+    assert used["splice"] and used["_merge_sorted"]  # the incremental paths ran
+
+
+def test_a_segment_indexed_while_empty_keeps_its_records_in_order(tmp_path):
+    """An empty sealed segment's index says its rows are in order, so the records appended after it are taken as
+    one range (not re-sorted at every snapshot)."""
+    path = create_store(tmp_path / "s", TOY_VOCABULARY)
+    (path / SEGMENTS / "live" / "samples").mkdir(parents=True)
+    (path / SEGMENTS / "live" / MANIFEST).write_bytes(b"")
+    assert index_store(path).written == ["live"]
+    store = SampleStore(path)
+    with open(path / SEGMENTS / "live" / MANIFEST, "a") as f:
+        f.write("".join(_random_line("live", k, random.Random(k), broken=0) for k in range(5)))
+    store.refresh()
+    rows = store.segment_rows("live")
+    assert rows.base is not None and rows.base.rows == 0 and rows.sorted
+    assert all(isinstance(r, slice) for _, r in store.snapshot_records(store.snapshot()).runs)
+
+
+def test_score_columns_look_up_every_record_as_the_scores_do_by_id(tmp_path):
+    """The pool's vectorised lookup of a scores file (loss filter, hardness) finds exactly the records whose id a
+    scores line names, and no record for ids of other forms (fewer digits, other segments, non-ASCII digits)."""
+    from synthaug.pool import ScoreColumns
+    from synthaug.scoring import SampleScore, Scores
+
+    path = _random_store(tmp_path / "s", random.Random(3))
+    store = SampleStore(path)
+    records = store.snapshot_records(store.snapshot())
+    rng = random.Random(0)
+    by_id = {r["id"]: SampleScore(None, rng.random(), rng.random() * 3) for r in records if rng.random() < 0.5}
+    for odd in ("s0-1", "s0-000000001", "s9-00000001", "s0-０0000001", "s0", "-00000001", "s0-1234567890123"):
+        by_id[odd] = SampleScore(None, 0.99, 9.0)
+    scores = Scores(Path("00000000000000000001-x.jsonl"), {}, by_id)
+    columns = ScoreColumns(scores)
+    for figure in ("ignored_share", "hardness"):
+        want = [getattr(s, figure) if (s := scores.get(r["id"])) else np.nan for r in records]
+        assert np.array_equal(columns.values(records, figure), np.array(want), equal_nan=True)
+    assert np.isnan(ScoreColumns(None).values(records, "hardness")).all()
+
+
+def test_in_place_insertions_give_what_np_insert_gives():
+    """The pool's in-place sorted insertions (near the front, the back, the middle, anywhere; past the spare room)
+    equal np.insert."""
+    from synthaug.pool import _Gapped
+
+    rng = np.random.default_rng(0)
+    want = rng.random(50)
+    got = _Gapped(want)
+    for step in range(300):
+        n, k = len(want), int(rng.integers(0, 60))
+        lo, hi = [(0, 5), (n - 5, n), (n // 2 - 5, n // 2 + 5), (0, n)][step % 4]
+        before = np.sort(rng.integers(max(lo, 0), min(hi, n) + 1, size=k))
+        new = rng.random(k)
+        want = np.insert(want, before, new)
+        got.insert(before, new)
+        assert np.array_equal(got.array, want)
+    assert len(want) > 2 * 4096  # grown past its spare room
