@@ -195,7 +195,8 @@ def _add_class_options(parser: argparse.ArgumentParser, prefix: str) -> None:
     parser.add_argument(
         f"{prefix}classes",
         default=None,
-        help="the model's class names, comma-separated, in its ids (detectron2: by default its DATASETS.TRAIN's)",
+        help="the model's class names in its ids, comma-separated or a JSON list (detectron2: by default its "
+        "DATASETS.TRAIN's)",
     )
     parser.add_argument(
         f"{prefix}class-map",
@@ -208,12 +209,23 @@ def _add_class_options(parser: argparse.ArgumentParser, prefix: str) -> None:
 
 def _class_options(args: argparse.Namespace, prefix: str) -> tuple[tuple[str, ...] | None, dict | None]:
     """(--classes as a tuple or None, --class-map as a dict or None)."""
+    import json
+
     from synthaug.vocabulary import parse_class_map
 
-    text = getattr(args, f"{prefix}classes")
-    classes = tuple(n.strip() for n in text.split(",")) if text else None
-    if classes is not None and not all(classes):
-        raise ValueError(f"--{prefix.replace('_', '-')}classes {text!r} has an empty name: write a,b,c")
+    option, text = f"--{prefix.replace('_', '-')}classes", getattr(args, f"{prefix}classes")
+    if text and text.lstrip().startswith("["):  # a JSON list: names may hold commas ('road, route' in ADE20K)
+        try:
+            names = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"{option} {text[:80]!r} is not a JSON list of names ({err})") from None
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{option} {text[:80]!r}: give a JSON list of class names")
+        classes = tuple(names)
+    else:
+        classes = tuple(n.strip() for n in text.split(",")) if text else None
+    if classes is not None and not all(n.strip() for n in classes):
+        raise ValueError(f"{option} {text!r} has an empty name: write a,b,c (or a JSON list)")
     entries = getattr(args, f"{prefix}class_map")
     return classes, (parse_class_map(entries, f"--{prefix.replace('_', '-')}class-map") if entries else None)
 

@@ -195,13 +195,16 @@ class Producer:
         hardness bias, `n` of 4n candidates picked by class weight (see synthaug.scoring.class_weights), from the
         store's newest scores and, with live scoring, the training run's latest validation IoU."""
         from synthaug.prompts import bias_prompts
-        from synthaug.scoring import Scores, class_weights, read_class_iou
+        from synthaug.scoring import Scores, class_weights, read_class_iou, store_class_iou
 
         cfg = dataclasses.replace(self.cfg, seed=seed)
         weights = {}
         if self.hardness_bias:
             self._scores = Scores.newest(self.store, vocab.names, known=self._scores)
-            iou = read_class_iou(self.scorer.settings.work_dir) if self.scorer is not None else {}
+            iou = {}
+            if self.scorer is not None:  # the trainer's validation, in its dataset's class names
+                live = self.scorer.settings
+                iou = store_class_iou(read_class_iou(live.work_dir), vocab, live.class_map)
             weights = class_weights(self._scores, self.hardness_cap, iou)
         specs = bias_prompts(cfg.prompt_specs(4 * n), weights, vocab, n, seed) if weights else cfg.prompt_specs(n)
         self.class_counts.update(vocab.names[t.class_id] for s in specs for t in s.targets)

@@ -40,7 +40,7 @@ from synthaug import rle
 from synthaug.sample import Instance, Sample
 from synthaug.store import SampleStore, plain_subdir
 from synthaug.store_check import ID_FORM
-from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary, match_classes
+from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary, match_classes, normalize_class_name
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ VERSION = 1
 _FILE_NAME = re.compile(r"^\d{20}-[A-Za-z0-9._-]{1,80}\.jsonl$")
 #: An instance more than this share of whose pixels are ignored is dropped from the served sample.
 INSTANCE_IGNORED_DROP = 0.5
+#: Losses are capped here (a pixel the model is sure is another class): kept as float16 between the passes,
+#: written as finite JSON. NaN (not scored) stays NaN.
+MAX_LOSS = 1e4
 #: The frameworks whose models can score a store (their loss models live in synthaug.integrations).
 FRAMEWORKS = ("mmseg", "detectron2")
 
@@ -212,7 +215,7 @@ def score_store(
                     np.where((theirs.mask == IGNORE_INDEX) | np.isnan(loss), IGNORE_INDEX, ours.mask).astype(np.uint8),
                 )
                 for i, ours, theirs, loss in (
-                    (i, ours, theirs, loss if loss is not None else next(fresh).astype(np.float32))
+                    (i, ours, theirs, loss if loss is not None else np.minimum(next(fresh), MAX_LOSS, dtype=np.float32))
                     for i, ours, theirs, loss in chunk
                 )
             ]
@@ -229,6 +232,11 @@ def score_store(
             if budget >= loss.size * 2:
                 cache[sample_id] = loss.astype(np.float16)
                 budget -= loss.size * 2
+    if records and not count.any():
+        raise ValueError(
+            f"{model.name} scored no pixel of the {len(records)} samples (every loss NaN, or no labelled pixel the "
+            "model has a class for): a diverged checkpoint, or classes that do not match; the previous scores stay"
+        )
     thresholds = rule.thresholds(hist)
     unreadable = 0  # counted again in the second pass
     lines, ignored_px, kept_sum = [], np.zeros(n_cls), np.zeros(n_cls)
@@ -250,6 +258,7 @@ def score_store(
         "created": time.time(),
         "samples": len(lines),
         "unreadable": unreadable,
+        "scored_pixels": int(count.sum()),
         "class_mean_loss": _per_class(names, np.where(count > 0, loss_sum / np.maximum(count, 1), float("nan"))),
         "class_median_loss": _per_class(names, class_medians(hist)),
         "class_threshold": _per_class(names, thresholds),
@@ -459,6 +468,31 @@ def write_class_iou(work_dir: str | Path, iteration: int, class_iou: Mapping[str
     tmp.write_text(json.dumps({"iteration": int(iteration), "class_iou": clean}) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def store_class_iou(
+    class_iou: Mapping[str, float],
+    vocabulary: ClassVocabulary,
+    class_map: Mapping[str, str | int | None] | None = None,
+) -> dict[str, float]:
+    """The trainer's per-class IoU (keyed by its dataset's class names, in their order) keyed by the store's
+    class names, matched as the mix matches them (normalised names, or `class_map`); classes of the dataset the
+    store does not have are left out, so they do not move the mean."""
+    theirs = list(class_iou)
+    by_norm = {normalize_class_name(n): n for n in theirs}
+    out: dict[str, float] = {}
+    mapped = {normalize_class_name(k): v for k, v in dict(class_map or {}).items()}
+    for name in vocabulary.names:
+        target = mapped.get(normalize_class_name(name), name)
+        if target is None:
+            continue
+        if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+            hit = theirs[int(target)] if int(target) < len(theirs) else None
+        else:
+            hit = by_norm.get(normalize_class_name(str(target)))
+        if hit is not None:
+            out[name] = class_iou[hit]
+    return out
 
 
 def read_class_iou(work_dir: str | Path) -> dict[str, float]:

@@ -8,6 +8,7 @@ it with exponential back-off if it dies. Only one rank should run it (the hooks 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import signal
@@ -89,7 +90,7 @@ class ProducerSupervisor:
             cmd += ["--score-every", str(self.score.get("every", 1)), "--margin", str(self.score.get("margin", 1.25))]
             cmd += ["--score-framework", str(self.score.get("framework", "mmseg"))]
             if self.score.get("classes"):
-                cmd += ["--score-classes", ",".join(self.score["classes"])]
+                cmd += ["--score-classes", json.dumps(list(self.score["classes"]))]  # names may hold commas
             for name, target in dict(self.score.get("class_map") or {}).items():
                 cmd += ["--score-class-map", f"{name}={'' if target is None else target}"]
         if self.hardness_bias:

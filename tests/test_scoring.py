@@ -387,7 +387,7 @@ def test_live_scoring_settings_reach_the_producer_command_line_intact(tmp_path):
         config=tmp_path / "c.yaml",
         work_dir=tmp_path,
         framework="detectron2",
-        classes=["circle", "big box", "triangle"],
+        classes=["circle", "road, route", "big box", "triangle"],  # ADE20K's names hold commas
         class_map={"square": "big box", "background": None},
         every=3,
     )
@@ -395,9 +395,54 @@ def test_live_scoring_settings_reach_the_producer_command_line_intact(tmp_path):
     args = build_parser().parse_args(cmd[cmd.index("produce") :])
     classes, class_map = _class_options(args, "score_")
     assert args.score_framework == "detectron2" and args.score_every == 3
-    assert classes == ("circle", "big box", "triangle")
+    assert classes == ("circle", "road, route", "big box", "triangle")
     assert class_map == {"square": "big box", "background": None}
     with pytest.raises(ValueError, match="framework='caffe'"):
         LiveScoring(tmp_path / "c.yaml", tmp_path, framework="caffe")
     with pytest.raises(ValueError, match="--score-class-map entry 'square'"):
         _class_options(build_parser().parse_args(["produce", "--store", "s", "--score-class-map", "square"]), "score_")
+
+
+def test_validation_iou_is_keyed_by_store_names_as_the_mix_matches_them():
+    """The trainer names classes as its dataset does; the producer's weights are looked up by store names."""
+    from synthaug.scoring import store_class_iou
+    from synthaug.vocabulary import ClassVocabulary
+
+    store = ClassVocabulary(["background", "traffic light", "person", "car"], palette=TOY_VOCABULARY.palette)
+    iou = {"traffic_light": 0.1, "Person": 0.8, "bus": 0.2, "automobile": 0.5, "sky": 0.9}
+    assert store_class_iou(iou, store) == {"traffic light": 0.1, "person": 0.8}  # bus, sky: not the store's
+    assert store_class_iou(iou, store, {"car": "automobile", "person": None}) == {
+        "traffic light": 0.1,
+        "car": 0.5,
+    }
+    assert store_class_iou(iou, store, {"car": 3}) == {"traffic light": 0.1, "person": 0.8, "car": 0.5}
+
+
+def test_a_model_that_scores_nothing_writes_no_scores_and_the_previous_stay(noisy):
+    """A diverged checkpoint (every loss NaN) must not replace good scores with empty ones."""
+    store, truths, _ = noisy
+    good = score_store(store, ExactModel(truths))
+
+    class Diverged(ExactModel):
+        def pixel_loss(self, samples):
+            return [np.full(s.mask.shape, np.nan, np.float32) for s in samples]
+
+    with pytest.raises(ValueError, match="scored no pixel of the 12 samples"):
+        score_store(store, Diverged(truths))
+    assert Scores.newest(store, NAMES).path == good
+    assert Scores.read(good).header["scored_pixels"] == 12 * SIZE * SIZE
+
+
+def test_huge_losses_are_capped_and_written_as_finite_json(noisy):
+    import json
+
+    store, truths, _ = noisy
+
+    class Sure(ExactModel):  # a model sure that every label is wrong, beyond float16's range
+        def pixel_loss(self, samples):
+            return [np.full(s.mask.shape, 1e9, np.float32) for s in samples]
+
+    path = score_store(store, Sure(truths))
+    lines = path.read_text().splitlines()
+    assert all(math.isfinite(json.loads(ln)["hardness"]) for ln in lines[1:])  # json.loads rejects nothing here
+    assert "Infinity" not in path.read_text()

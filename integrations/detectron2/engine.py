@@ -158,6 +158,7 @@ def producer_from_cfg(cfg: CfgNode) -> SyntheticProducerHook | None:
         )
     return SyntheticProducerHook(
         s.STORE,
+        task=s.TASK,
         config=p.CONFIG,
         device=p.DEVICE,
         target_pool=p.TARGET_POOL or None,
@@ -252,14 +253,27 @@ def with_synthaug(trainer_cls):
     return SynthaugTrainer
 
 
+def evaluation_class_figures(latest: dict[str, tuple[float, int]], iteration: int, kind: str) -> dict[str, float]:
+    """Per-class figures (0..1) of the evaluation at `iteration` in EventStorage.latest(): `kind` 'segm/AP'
+    (segm/AP-<class>) or 'sem_seg/IoU'; with several test datasets (keys '<dataset>/segm/AP-<class>') the
+    first one's. {} if there was no such evaluation."""
+    by_dataset: dict[str, dict[str, float]] = {}
+    for key, (value, at) in latest.items():
+        head, sep, name = key.partition(kind + "-")
+        if at == iteration and sep and (head == "" or head.endswith("/")) and name:
+            by_dataset.setdefault(head, {})[name] = value / 100.0
+    return next(iter(by_dataset.values()), {})
+
+
 class SyntheticProducerHook(HookBase):
     """Runs `synthaug produce` beside training on the main process (see synthaug.supervisor): started at
     construction (before the train loader waits for samples), restarted with back-off if it dies, stopped
     after training; its rate, produced count and restarts go to EventStorage as synthaug/producer_*."""
 
-    def __init__(self, store: str, **producer: Any) -> None:
+    def __init__(self, store: str, task: str = "instance", **producer: Any) -> None:
         """`producer`: ProducerSupervisor's settings (config, device, target_pool, max_samples,
-        retire_grace_s, cpu_threads, nice, score, hardness_bias), with its defaults."""
+        retire_grace_s, cpu_threads, nice, score, hardness_bias), with its defaults. `task`: which evaluation
+        figures hand the producer per-class validation results ('instance': segm AP, 'sem_seg': IoU)."""
         from detectron2.utils import comm
 
         from synthaug.supervisor import ProducerSupervisor
@@ -268,6 +282,7 @@ class SyntheticProducerHook(HookBase):
         # with live scoring and the hardness bias, the producer also weighs classes by this run's validation
         score = producer.get("score") or {}
         self.iou_dir = score.get("work_dir") if producer.get("hardness_bias") else None
+        self.iou_kind = "sem_seg/IoU" if task == "sem_seg" else "segm/AP"
         self.evaluated = -1
         if comm.is_main_process():
             log_fn = logging.getLogger("detectron2").info
@@ -289,19 +304,15 @@ class SyntheticProducerHook(HookBase):
         storage.put_scalar("synthaug/producer_restarts", float(s["restarts"]), smoothing_hint=False)
 
     def _hand_over_class_iou(self) -> None:
-        """After an evaluation (EvalHook runs before this hook), write its per-class figures for the producer:
-        semantic IoU (sem_seg/IoU-<class>), or for instances mask AP (segm/AP-<class>), as 0..1."""
-        latest = self.trainer.storage.latest()
-        for prefix in ("sem_seg/IoU-", "segm/AP-"):
-            found = {
-                k[len(prefix) :]: v for k, (v, it) in latest.items() if k.startswith(prefix) and it == self.trainer.iter
-            }
-            if found and self.trainer.iter != self.evaluated:
+        """After an evaluation (EvalHook runs before this hook), write its per-class figures for the producer."""
+        it = self.trainer.iter
+        if it != self.evaluated:
+            found = evaluation_class_figures(self.trainer.storage.latest(), it, self.iou_kind)
+            if found:
                 from synthaug.scoring import write_class_iou
 
-                write_class_iou(self.iou_dir, self.trainer.iter, {k: v / 100.0 for k, v in found.items()})
-                self.evaluated = self.trainer.iter
-                return
+                write_class_iou(self.iou_dir, it, found)
+                self.evaluated = it
 
     def after_train(self) -> None:
         if self.supervisor is not None:

@@ -72,7 +72,6 @@ class Detectron2LossModel:
     def __init__(
         self, config: str | Path, checkpoint: str | Path, device: str = "cpu", classes: Sequence[str] | None = None
     ) -> None:
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model
 
         if not Path(checkpoint).is_file():
@@ -89,8 +88,15 @@ class Detectron2LossModel:
             )
         self.task = "sem_seg" if semantic else "instance"
         self.classes = list(classes) if classes else model_classes(cfg, self.task)
+        key = "MODEL.SEM_SEG_HEAD.NUM_CLASSES" if semantic else "MODEL.ROI_HEADS.NUM_CLASSES"
+        heads = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if semantic else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        if len(self.classes) != heads:
+            raise ValueError(
+                f"{len(self.classes)} classes {self.classes} for a model whose {key} is {heads}: give the classes "
+                "the checkpoint was trained on, in its ids"
+            )
         self.model = build_model(cfg).eval()
-        DetectionCheckpointer(self.model).load(str(checkpoint))
+        load_exactly(self.model, checkpoint)
         self.name = str(Path(checkpoint).resolve())
         self.format = cfg.INPUT.FORMAT
         from detectron2.data import transforms as T
@@ -139,6 +145,29 @@ class Detectron2LossModel:
         for pixels, value in zip(masks, per_instance.tolist()):
             loss[pixels] = np.fmax(loss[pixels], value)  # an overlap carries the larger loss
         return loss
+
+
+def load_exactly(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load `checkpoint` with detectron2's checkpointer, refusing one that does not fit the model: detectron2 only
+    warns and keeps the random weights of a head whose shape differs (a checkpoint of other classes)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    found = []
+
+    class Recording(DetectionCheckpointer):
+        def _log_incompatible_keys(self, incompatible) -> None:
+            found.append(incompatible)
+            super()._log_incompatible_keys(incompatible)
+
+    Recording(model).load(str(checkpoint))
+    bad = found[0] if found else None
+    if bad is not None and (bad.incorrect_shapes or bad.missing_keys):
+        shapes = [f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in bad.incorrect_shapes]
+        raise ValueError(
+            f"the checkpoint {checkpoint} does not fit the config's model: "
+            + "; ".join(shapes[:4] + [f"missing {bad.missing_keys[:6]}"] * bool(bad.missing_keys))
+            + ". Score with the config the checkpoint was trained with (its classes and heads)"
+        )
 
 
 def _box(mask: np.ndarray) -> list[float]:

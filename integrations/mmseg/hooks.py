@@ -313,25 +313,25 @@ class SyntheticProducerHook(Hook):
         hub.update_scalar("train/synthaug_producer_restarts", float(s["restarts"]))
         hub.update_scalar("train/synthaug_producer_produced", float(s.get("produced", 0)))
 
-    def before_run(self, runner) -> None:
+    def before_val(self, runner) -> None:
         """With live scoring and the hardness bias, watch the validation IoU metric for per-class IoU (mmseg logs
         it as a table only) so that after_val_epoch can hand it to the producer (synthaug.scoring.class_weights)."""
-        self._class_iou: dict[str, float] | None = None
         score = self.kwargs.get("score") or {}
         if self.supervisor is None or not (self.kwargs.get("hardness_bias") and score.get("work_dir")):
             return
         from mmseg.evaluation import IoUMetric
 
-        loop = runner.val_loop  # built before before_run; None without validation
-        for metric in getattr(getattr(loop, "evaluator", None), "metrics", []):
+        for metric in getattr(getattr(runner.val_loop, "evaluator", None), "metrics", []):
             if isinstance(metric, IoUMetric):
                 observe_class_iou(metric, self._record_class_iou)
 
     def _record_class_iou(self, class_iou: dict[str, float]) -> None:
         self._class_iou = class_iou
 
+    _class_iou: dict[str, float] | None = None
+
     def after_val_epoch(self, runner, metrics=None) -> None:
-        if getattr(self, "_class_iou", None):
+        if self._class_iou:
             from synthaug.scoring import write_class_iou
 
             write_class_iou(self.kwargs["score"]["work_dir"], runner.iter, self._class_iou)
@@ -344,15 +344,22 @@ class SyntheticProducerHook(Hook):
 
 def observe_class_iou(metric, record) -> None:
     """Make an mmseg IoUMetric also pass each evaluation's per-class IoU (0..1, NaN where a class has no pixels)
-    to `record`; what the metric computes and returns is unchanged."""
-    compute = metric.compute_metrics
+    to `record`; what the metric computes and returns is unchanged, and observing it never fails a validation.
+    Observing a metric again replaces the earlier observer."""
+    compute = getattr(metric, "_synthaug_compute", metric.compute_metrics)
 
     def compute_metrics(results: list) -> dict:
-        if results and not metric.format_only:
-            intersect = sum(r[0] for r in results).double()
-            union = sum(r[1] for r in results).double()
-            iou = (intersect / union).tolist()  # 0/0 = NaN: a class absent from prediction and label
-            record(dict(zip(metric.dataset_meta["classes"], iou)))
+        try:
+            if results and not metric.format_only:
+                intersect = sum(r[0] for r in results).double()
+                union = sum(r[1] for r in results).double()
+                iou = (intersect / union).tolist()  # 0/0 = NaN: a class absent from prediction and label
+                record(dict(zip(metric.dataset_meta["classes"], iou)))
+        except Exception as err:  # a metric subclass with other results: no per-class IoU, validation goes on
+            from mmengine.logging import MMLogger
+
+            MMLogger.get_current_instance().warning(f"synthaug: no per-class IoU from {type(metric).__name__}: {err}")
         return compute(results)
 
+    metric._synthaug_compute = compute
     metric.compute_metrics = compute_metrics

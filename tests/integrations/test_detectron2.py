@@ -241,7 +241,7 @@ def test_yacs_trainer_with_a_live_producer(world, trained, tmp_path):
     assert all(got[k] == pytest.approx(ap[0][f"segm/AP-{k}"] / 100, abs=1e-6) for k in got)
 
 
-def _random_mask_rcnn(tmp_path: Path) -> Path:
+def _random_mask_rcnn(tmp_path: Path, classes: int = 3) -> Path:
     """A checkpoint of the toy Mask R-CNN with its random initial weights (detectron2's own build_model)."""
     import torch
     from detectron2.config import get_cfg
@@ -250,6 +250,7 @@ def _random_mask_rcnn(tmp_path: Path) -> Path:
     cfg = get_cfg()
     cfg.set_new_allowed(True)
     cfg.merge_from_file(str(D2_CONFIGS / "toy_mask_rcnn_real.yaml"))
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
     torch.manual_seed(0)
     model = build_model(cfg)
     # detectron2 starts the mask predictor near zero (every logit about 0, every loss about ln 2); spread it so
@@ -257,7 +258,7 @@ def _random_mask_rcnn(tmp_path: Path) -> Path:
     predictor = model.roi_heads.mask_head.predictor
     torch.nn.init.normal_(predictor.weight, std=0.5)
     torch.nn.init.normal_(predictor.bias, std=2.0)
-    path = tmp_path / "random.pth"
+    path = tmp_path / f"random{classes}.pth"
     torch.save({"model": model.state_dict()}, path)
     return path
 
@@ -346,10 +347,19 @@ def test_synthaug_score_with_a_detectron2_checkpoint(world, tmp_path, monkeypatc
     assert judged > 0  # margin 1.0: about half of each class's instances are over its median
 
     before = sorted(os.listdir(store / "scores"))
-    assert cli([*args, "--classes", "dog,cat"]) == 2
+    capsys.readouterr()
+    assert cli([*args, "--classes", "dog,cat,bird"]) == 2  # classes the store has not
+    assert "the checkpoint's classes ['dog', 'cat', 'bird'] differ from the store's" in capsys.readouterr().err
+    assert cli([*args, "--classes", "x,circle,square,triangle"]) == 2  # more classes than the model's head
+    assert "4 classes ['x', 'circle', 'square', 'triangle'] for a model whose MODEL.ROI_HEADS.NUM_CLASSES is 3" in (
+        capsys.readouterr().err
+    )
+    other = _random_mask_rcnn(tmp_path, classes=5)  # a checkpoint of 5 classes for the config's 3
+    five = ["score", str(store), "--framework", "detectron2", "--config", config, "--checkpoint", str(other)]
+    assert cli(five) == 2
     err = capsys.readouterr().err
-    assert "the checkpoint's classes ['dog', 'cat'] differ from the store's" in err
-    assert sorted(os.listdir(store / "scores")) == before
+    assert "does not fit the config's model: roi_heads.box_predictor.cls_score.weight (6, 256)" in err, err
+    assert sorted(os.listdir(store / "scores")) == before  # nothing written by the refused runs
 
 
 @pytest.mark.slow
@@ -358,36 +368,15 @@ def test_mask_loss_filter_drops_planted_wrong_masks(world, trained, tmp_path):
     image off its object. Scored by the toy Mask R-CNN, most planted instances are dropped and few right ones."""
     import numpy as np
 
-    from synthaug import rle
     from synthaug.cli import main as cli
-    from synthaug.sample import Instance
-    from synthaug.scoring import Scores
-    from synthaug.store import SampleStore, StoreWriter, create_store
-    from synthaug.toy.world import TOY_VOCABULARY, render_seed
+    from synthaug.toy.planted import planted_instance_verdicts, write_planted_instances
 
-    store = create_store(tmp_path / "planted", TOY_VOCABULARY)
-    planted: dict[str, bool] = {}
-    with StoreWriter(store, "g", fsync=False) as w:
-        for seed in range(1000, 1128):
-            sample = render_seed(seed, 64).to_sample()
-            moved = seed % 2 == 0 and bool(sample.instances)
-            if moved:
-                first = sample.instances[0]
-                pixels = np.roll(rle.decode(first.rle).astype(bool), (16, 16), (0, 1))
-                sample.instances[0] = Instance.from_mask(first.class_id, pixels)
-                sample.mask[pixels & (sample.mask == 0)] = first.class_id
-            planted[w.add(sample)["id"]] = moved
+    store = tmp_path / "planted"
+    planted = write_planted_instances(store, 128, "moved")
     config = str(D2_CONFIGS / "toy_mask_rcnn_real.yaml")
     args = ["score", str(store), "--framework", "detectron2", "--config", config, "--checkpoint", str(trained)]
     assert cli([*args, "--classes", "circle,square,triangle"]) == 0
-    opened = SampleStore(store)
-    scores = Scores.newest(store, opened.vocabulary.names)
-    caught, wrongly = [], []
-    for k in range(len(opened)):
-        sample = opened.read(k)
-        served = scores.apply(sample).instances  # what the mix serves: mostly-ignored instances dropped
-        for j, inst in enumerate(sample.instances):
-            (caught if planted[sample.id] and j == 0 else wrongly).append(inst not in served)
+    caught, wrongly = planted_instance_verdicts(store, planted)
     assert len(caught) == 64
     assert np.mean(caught) >= 0.75, (np.mean(caught), np.mean(wrongly))
     assert np.mean(wrongly) <= 0.10, (np.mean(caught), np.mean(wrongly))
@@ -408,3 +397,20 @@ def test_live_scoring_keys_without_a_producer_or_with_bad_values_fail_at_start_n
     cfg.SYNTHAUG.PRODUCER.SCORE = False
     cfg.SYNTHAUG.STORE = ""
     assert producer_from_cfg(cfg) is None
+
+
+def test_evaluation_figures_are_read_per_class_from_the_first_test_dataset():
+    from synthaug.integrations.detectron2.engine import evaluation_class_figures
+
+    latest = {
+        "segm/AP-circle": (50.0, 29),
+        "segm/AP-square": (20.0, 29),
+        "segm/AP": (35.0, 29),
+        "bbox/AP-circle": (90.0, 29),
+        "segm/AP-triangle": (10.0, 9),  # an older evaluation
+        "total_loss": (1.0, 29),
+    }
+    assert evaluation_class_figures(latest, 29, "segm/AP") == {"circle": 0.5, "square": 0.2}
+    assert evaluation_class_figures(latest, 30, "segm/AP") == {}
+    several = {"val_a/sem_seg/IoU-road": (40.0, 9), "val_b/sem_seg/IoU-road": (80.0, 9), "val_a/sem_seg/mIoU": (4, 9)}
+    assert evaluation_class_figures(several, 9, "sem_seg/IoU") == {"road": 0.4}

@@ -451,7 +451,7 @@ def test_semantic_fpn_trains_on_exact_dataset_ids_and_evaluates(world, tmp_path)
         bgr = torch.as_tensor(np.ascontiguousarray(sample.image[..., ::-1]).transpose(2, 0, 1).copy())
         logits = trainer.model([{"image": bgr, "height": 64, "width": 64}])[0]["sem_seg"]
     target = torch.from_numpy(sample.mask.astype(np.int64))[None]
-    assert np.allclose(loss, F.cross_entropy(logits[None], target, reduction="none")[0].numpy(), atol=1e-5)
+    assert np.allclose(loss, F.cross_entropy(logits[None], target, reduction="none")[0].numpy(), rtol=1e-4, atol=1e-4)
     path = score_store(world / "store", scorer, tag="semantic")
     header = Scores.read(path).header
     assert header["samples"] == 8 and header["class_median_loss"]["background"] is not None
