@@ -179,9 +179,10 @@ def score_store(
 ) -> Path:
     """Score every sample the store holds now with `model`, and write the scores file; returns its path.
 
-    Two passes: the first takes each class's loss distribution, the second decides each pixel. Losses are kept
-    between them (as float16) up to `cache_mb`; beyond that the model runs again. Store classes are matched to
-    the model's by name (or `class_map`, as the mix's); statistics stay per store class.
+    Two passes: the first takes each class's loss distribution, the second decides each pixel. Losses and masks
+    are kept between them (float16 and uint8) up to `cache_mb`; beyond that the sample is read and run again.
+    Store classes are matched to the model's by name (or `class_map`, as the mix's); statistics stay per store
+    class.
     """
     rule = rule or FilterRule()
     st = SampleStore(store)
@@ -191,34 +192,32 @@ def score_store(
     n_cls = len(names)
     loss_sum, count = np.zeros(n_cls), np.zeros(n_cls)
     hist = np.zeros((n_cls, len(LOSS_BINS) + 1), np.int64)
-    cache: dict[str, np.ndarray] = {}
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     budget = cache_mb * 2**20
     unreadable = 0
 
     def batches() -> Iterable[list[tuple[str, np.ndarray, np.ndarray]]]:
-        """(sample id, loss, its mask in store ids with the pixels the model does not score set to 255) per batch."""
+        """(sample id, loss, its mask in store ids with the pixels the model does not score set to 255) per batch;
+        a sample whose loss and mask the first pass kept is not read again."""
         nonlocal unreadable
         for start in range(0, len(records), batch_size):
-            chunk = []
+            ready, todo = [], []
             for rec in records[start : start + batch_size]:
+                kept = cache.get(rec["id"])
+                if kept is not None:
+                    ready.append((rec["id"], kept[0].astype(np.float32), kept[1]))
+                    continue
                 sample = st.try_read_record(rec)
                 if sample is None:
                     unreadable += 1
                     continue
-                chunk.append((rec["id"], sample, sample.relabelled(lut), cache.get(rec["id"])))
-            missing = [theirs for _, _, theirs, loss in chunk if loss is None]
-            fresh = iter(model.pixel_loss(missing) if missing else [])
-            yield [
-                (
-                    i,
-                    loss,
-                    np.where((theirs.mask == IGNORE_INDEX) | np.isnan(loss), IGNORE_INDEX, ours.mask).astype(np.uint8),
-                )
-                for i, ours, theirs, loss in (
-                    (i, ours, theirs, loss if loss is not None else np.minimum(next(fresh), MAX_LOSS, dtype=np.float32))
-                    for i, ours, theirs, loss in chunk
-                )
-            ]
+                todo.append((rec["id"], sample.mask, sample.relabelled(lut)))
+            losses = model.pixel_loss([theirs for *_, theirs in todo]) if todo else []
+            for (sample_id, ours, theirs), loss in zip(todo, losses):
+                loss = np.minimum(loss, MAX_LOSS, dtype=np.float32)
+                unscored = (theirs.mask == IGNORE_INDEX) | np.isnan(loss)
+                ready.append((sample_id, loss, np.where(unscored, IGNORE_INDEX, ours).astype(np.uint8)))
+            yield ready
             if progress:
                 progress(min(start + batch_size, len(records)), len(records))
 
@@ -229,9 +228,9 @@ def score_store(
             loss_sum += np.bincount(ids, weights=loss[valid], minlength=n_cls)[:n_cls]
             count += np.bincount(ids, minlength=n_cls)[:n_cls]
             hist += loss_histograms(ids, loss[valid], n_cls)
-            if budget >= loss.size * 2:
-                cache[sample_id] = loss.astype(np.float16)
-                budget -= loss.size * 2
+            if budget >= loss.size * 3 and sample_id not in cache:  # float16 loss + uint8 mask
+                cache[sample_id] = (loss.astype(np.float16), mask)
+                budget -= loss.size * 3
     if records and not count.any():
         raise ValueError(
             f"{model.name} scored no pixel of the {len(records)} samples (every loss NaN, or no labelled pixel the "
@@ -323,12 +322,9 @@ class Scores:
         """The newest readable scores file in STORE/scores/ whose classes are `classes` (None: none yet).
 
         `known`, the Scores read last time, is returned as is when no newer file has appeared."""
-        folder = Path(store) / SCORES
-        if not folder.is_dir() or folder.is_symlink():
-            return None
-        names = sorted((n for n in os.listdir(folder) if _FILE_NAME.match(n)), reverse=True)
+        folder, names = _scores_files(store)
         skipped: list[str] = []
-        for name in names:
+        for name in reversed(names):
             if known is not None and known.path.name == name:
                 return known
             try:
@@ -356,11 +352,9 @@ class Scores:
         same scores, whatever newer file appeared since the snapshot was taken."""
         if known is not None and known.stamp == stamp:
             return known
-        folder = Path(store) / SCORES
-        if not folder.is_dir() or folder.is_symlink():
-            return None
+        folder, names = _scores_files(store)
         prefix = f"{stamp:020d}-"
-        for name in sorted(n for n in os.listdir(folder) if _FILE_NAME.match(n) and n.startswith(prefix)):
+        for name in (n for n in names if n.startswith(prefix)):
             try:
                 scores = cls.read(folder / name)
             except (OSError, ValueError) as err:
@@ -412,6 +406,14 @@ class Scores:
         return Sample(
             sample.image, mask, instances, sample.prompt, sample.seed, sample.quality, sample.fingerprint, sample.id
         )
+
+
+def _scores_files(store: str | Path) -> tuple[Path, list[str]]:
+    """STORE/scores and the names of the scores files in it, oldest first (none if it is missing or a symlink)."""
+    folder = Path(store) / SCORES
+    if not folder.is_dir() or folder.is_symlink():
+        return folder, []
+    return folder, sorted(n for n in os.listdir(folder) if _FILE_NAME.match(n))
 
 
 def _mostly_ignored(instance: Instance, ignored: np.ndarray) -> bool:

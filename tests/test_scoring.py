@@ -446,3 +446,28 @@ def test_huge_losses_are_capped_and_written_as_finite_json(noisy):
     lines = path.read_text().splitlines()
     assert all(math.isfinite(json.loads(ln)["hardness"]) for ln in lines[1:])  # json.loads rejects nothing here
     assert "Infinity" not in path.read_text()
+
+
+def test_the_second_pass_reads_again_only_what_the_cache_could_not_keep(noisy, monkeypatch):
+    """With room for every sample the model runs once per sample and nothing is read twice; with no room
+    both passes read and run; the scores are the same either way."""
+    from synthaug.store import SampleStore
+
+    store, truths, _ = noisy
+    reads = []
+    real_read = SampleStore.try_read_record
+    monkeypatch.setattr(
+        SampleStore, "try_read_record", lambda self, rec: reads.append(rec["id"]) or real_read(self, rec)
+    )
+    kept = ExactModel(truths)
+    a = Scores.read(score_store(store, kept, tag="kept"))
+    assert len(reads) == 12 and kept.calls == 1  # 12 samples, one batch of 16
+    reads.clear()
+    none = ExactModel(truths)
+    b = Scores.read(score_store(store, none, tag="none", cache_mb=0))
+    assert len(reads) == 24 and none.calls == 2
+    assert a.by_id.keys() == b.by_id.keys()
+    for k, x in a.by_id.items():  # the kept losses are float16: hardness agrees to its precision
+        y = b.by_id[k]
+        assert (x.ignored, x.ignored_share) == (y.ignored, y.ignored_share)
+        assert x.hardness == pytest.approx(y.hardness, rel=1e-3)
