@@ -40,7 +40,7 @@ from synthaug import rle
 from synthaug.sample import Instance, Sample
 from synthaug.store import SampleStore, plain_subdir
 from synthaug.store_check import ID_FORM
-from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary, match_classes, normalize_class_name
+from synthaug.vocabulary import IGNORE_INDEX, ClassVocabulary, match_classes
 
 log = logging.getLogger(__name__)
 
@@ -481,20 +481,12 @@ def store_class_iou(
     class names, matched as the mix matches them (normalised names, or `class_map`); classes of the dataset the
     store does not have are left out, so they do not move the mean."""
     theirs = list(class_iou)
-    by_norm = {normalize_class_name(n): n for n in theirs}
-    out: dict[str, float] = {}
-    mapped = {normalize_class_name(k): v for k, v in dict(class_map or {}).items()}
-    for name in vocabulary.names:
-        target = mapped.get(normalize_class_name(name), name)
-        if target is None:
-            continue
-        if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
-            hit = theirs[int(target)] if int(target) < len(theirs) else None
-        else:
-            hit = by_norm.get(normalize_class_name(str(target)))
-        if hit is not None:
-            out[name] = class_iou[hit]
-    return out
+    try:
+        lut = match_classes(vocabulary, theirs, class_map, what="the trainer's validation", strict=False)
+    except ValueError as err:  # an ambiguous name or a map target it lacks: no IoU signal, the producer goes on
+        log.warning("synthaug: the validation IoU is not used for the hardness bias: %s", err)
+        return {}
+    return {name: class_iou[theirs[lut[i]]] for i, name in enumerate(vocabulary.names) if lut[i] != IGNORE_INDEX}
 
 
 def read_class_iou(work_dir: str | Path) -> dict[str, float]:

@@ -135,6 +135,7 @@ def match_classes(
     *,
     key: str = "class_map",
     what: str = "the real dataset",
+    strict: bool = True,
 ) -> np.ndarray:
     """A 256-entry lookup table from store class ids to the dataset's class ids (255 = ignore).
 
@@ -142,7 +143,8 @@ def match_classes(
     `class_map` names it ({store name: dataset name, dataset id, or None for ignore}). A store
     background the dataset does not name is ignored (its pixels are unlabelled, not a class).
     Any other store class left without a dataset class fails here, with a diff and the fix,
-    `key` being the config key the user sets (e.g. ``SYNTHAUG.CLASS_MAP``).
+    `key` being the config key the user sets (e.g. ``SYNTHAUG.CLASS_MAP``); with `strict` False it is
+    ignored instead (for figures keyed by dataset classes, which need not cover the store's).
     """
     if isinstance(dataset_classes, str):
         raise ValueError(f"the classes of {what} are one string {dataset_classes!r:.80}: give a list of names")
@@ -182,7 +184,7 @@ def match_classes(
             if target is None and name != store.background:
                 unmatched.append(sid)
         lut[sid] = IGNORE_INDEX if target is None else target
-    if unmatched:
+    if unmatched and strict:
         raise ValueError(_mismatch_message(store, dataset_classes, unmatched, key, what))
     return lut
 
