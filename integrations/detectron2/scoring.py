@@ -129,7 +129,8 @@ class Detectron2LossModel:
         if not sample.instances:
             return loss
         masks = np.stack([rle.decode(i.rle) for i in sample.instances]).astype(bool)
-        boxes = np.array([_box(m) for m in masks], np.float32)
+        bitmasks = BitMasks(torch.from_numpy(masks))
+        boxes = bitmasks.get_bounding_boxes().tensor.numpy()  # XYXY, pixel edges
         inputs, tfm = self._input(sample)
         model = self.model
         images = model.preprocess_image([inputs])
@@ -139,7 +140,7 @@ class Detectron2LossModel:
         given.pred_classes = torch.as_tensor([i.class_id for i in sample.instances], device=model.device)
         predicted = model.roi_heads.forward_with_given_boxes(features, [given])[0].pred_masks[:, 0].float().cpu()
         side = predicted.shape[-1]
-        target = BitMasks(torch.from_numpy(masks)).crop_and_resize(torch.from_numpy(boxes), side).float()
+        target = bitmasks.crop_and_resize(torch.from_numpy(boxes), side).float()
         # mask_rcnn_inference gives probabilities; this is mask_rcnn_loss's binary cross-entropy, per instance
         per_instance = F.binary_cross_entropy(predicted.clamp(1e-6, 1 - 1e-6), target, reduction="none").mean((1, 2))
         for pixels, value in zip(masks, per_instance.tolist()):
@@ -168,11 +169,3 @@ def load_exactly(model: torch.nn.Module, checkpoint: str | Path) -> None:
             + "; ".join(shapes[:4] + [f"missing {bad.missing_keys[:6]}"] * bool(bad.missing_keys))
             + ". Score with the config the checkpoint was trained with (its classes and heads)"
         )
-
-
-def _box(mask: np.ndarray) -> list[float]:
-    """The XYXY box of a non-empty boolean mask, in pixel-edge coordinates (as detectron2's BitMasks.get_bounding_boxes)."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return [0.0, 0.0, 1.0, 1.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
