@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from synthaug import rle
+from synthaug.imageio import atomic_write_bytes
 from synthaug.sample import Instance, Sample
 from synthaug.store import SampleStore, plain_subdir
 from synthaug.store_check import ID_FORM
@@ -466,9 +467,9 @@ def write_class_iou(work_dir: str | Path, iteration: int, class_iou: Mapping[str
     """Replace the run's latest per-class validation IoU (0..1; NaN for a class absent from validation) at once."""
     path = Path(work_dir) / CLASS_IOU_FILE
     clean = {str(k): (round(float(v), 6) if math.isfinite(float(v)) else None) for k, v in class_iou.items()}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps({"iteration": int(iteration), "class_iou": clean}) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(
+        path, (json.dumps({"iteration": int(iteration), "class_iou": clean}) + "\n").encode(), fsync=False
+    )
     return path
 
 
