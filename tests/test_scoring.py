@@ -399,6 +399,9 @@ def test_live_scoring_settings_reach_the_producer_command_line_intact(tmp_path):
     assert class_map == {"square": "big box", "background": None}
     with pytest.raises(ValueError, match="framework='caffe'"):
         LiveScoring(tmp_path / "c.yaml", tmp_path, framework="caffe")
+    for bad, message in (('["circle", 3]', "give a JSON list of class names"), ("[circle", "is not a JSON list")):
+        with pytest.raises(ValueError, match=message):
+            _class_options(build_parser().parse_args(["produce", "--store", "s", "--score-classes", bad]), "score_")
     with pytest.raises(ValueError, match="--score-class-map entry 'square'"):
         _class_options(build_parser().parse_args(["produce", "--store", "s", "--score-class-map", "square"]), "score_")
 

@@ -414,3 +414,19 @@ def test_evaluation_figures_are_read_per_class_from_the_first_test_dataset():
     assert evaluation_class_figures(latest, 30, "segm/AP") == {}
     several = {"val_a/sem_seg/IoU-road": (40.0, 9), "val_b/sem_seg/IoU-road": (80.0, 9), "val_a/sem_seg/mIoU": (4, 9)}
     assert evaluation_class_figures(several, 9, "sem_seg/IoU") == {"road": 0.4}
+
+
+def test_score_with_a_missing_or_lazy_detectron2_config_fails_naming_it_and_writes_nothing(world, tmp_path, capsys):
+    import shutil
+
+    from synthaug.cli import main as cli
+
+    store = tmp_path / "store"
+    shutil.copytree(world / "data" / "toy_store", store)
+    ckpt = _random_mask_rcnn(tmp_path)
+    lazy = D2_CONFIGS / "toy_mask_rcnn_mix_lazy.py"
+    for config, message in ((tmp_path / "nope.yaml", "does not exist"), (lazy, "reads a yacs .yaml config")):
+        args = ["score", str(store), "--framework", "detectron2", "--config", str(config), "--checkpoint", str(ckpt)]
+        assert cli(args) == 2
+        assert message in capsys.readouterr().err
+    assert not (store / "scores").exists() or not os.listdir(store / "scores")
