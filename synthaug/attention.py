@@ -200,22 +200,152 @@ def attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, 
     mask = None
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask[rows], k.shape[2], b).view(b, attn.heads, -1, k.shape[2])
-    # One head at a time keeps the peak at a single (N, N) map for large self-attention.
+    return head_mean_softmax(q, k, attn.scale, mask)
+
+
+def head_mean_softmax(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) averaged over heads, for q (b, heads, N, d) and k (b, heads, L, d).
+
+    One head at a time keeps the peak at a single (N, L) map for large self-attention."""
     total = None
-    for h in range(attn.heads):
-        scores = torch.matmul(q[:, h].float(), k[:, h].float().transpose(-1, -2)) * attn.scale
+    for h in range(q.shape[1]):
+        scores = torch.matmul(q[:, h].float(), k[:, h].float().transpose(-1, -2)) * scale
         if mask is not None:
             scores = scores + mask[:, h].float()
         p = scores.softmax(dim=-1)
         total = p if total is None else total.add_(p)
-    return total / attn.heads
+    return total / q.shape[1]
+
+
+class JointCapturingProcessor(CapturingProcessor):
+    """SD3's joint (MMDiT) attention: image and text tokens attend together; the image tokens come first.
+
+    Its maps are the image queries' softmax over the text keys alone ('cross') and over the image keys
+    alone ('self'): the image-query x text-key block of the joint attention, renormalised over the text
+    keys, is exactly that softmax, a distribution over tokens as a UNet's cross-attention is."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        if encoder_hidden_states is not None:
+            self.capture_joint(attn, hidden_states, encoder_hidden_states, None)
+        return out
+
+    def projections(self, attn, image: torch.Tensor, text: torch.Tensor, rotary) -> tuple[torch.Tensor, ...]:
+        """(q_image, k_image, k_text), each (b, heads, tokens, head_dim), as the layer computes them."""
+        b, heads = image.shape[0], attn.heads
+        split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
+        q, k, kt = split(attn.to_q(image)), split(attn.to_k(image)), split(attn.add_k_proj(text))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if attn.norm_added_k is not None:
+            kt = attn.norm_added_k(kt)
+        return q, k, kt
+
+    def capture_joint(self, attn, image: torch.Tensor, text: torch.Tensor, rotary) -> None:
+        """Add the image queries' maps over the text keys (cross) and over the image keys (self)."""
+        captured = self.captured
+        if not (captured.active or captured.at_step):
+            return
+        geometry = captured.factor_of(image.shape[1])
+        if geometry is None:
+            return
+        factor = geometry[0]
+        wanted = [
+            kind
+            for kind, on in (
+                ("cross", captured.active and factor in captured.spec.cross_factors),
+                ("self", captured.active and factor in captured.spec.self_factors),
+                ("step_cross", captured.at_step and factor in captured.spec.cross_factors),
+            )
+            if on
+        ]
+        if not wanted:
+            return
+        rows = captured.cond_rows
+        with torch.no_grad():
+            q, k, kt = self.projections(attn, image[rows], text[rows], rotary)
+            scale = q.shape[-1] ** -0.5
+            for kind in wanted:
+                captured.add(kind, factor, head_mean_softmax(q, kt if kind != "self" else k, scale))
+
+
+class FluxCapturingProcessor(JointCapturingProcessor):
+    """FLUX's attention: the text tokens come first. Its double-stream blocks project text with their own
+    weights (as SD3); its single-stream blocks see text and image as one sequence, with rotary position
+    embeddings over both. The maps are as `JointCapturingProcessor`'s."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        captured = self.captured
+        if encoder_hidden_states is not None:
+            self.capture_joint(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+        elif captured.latent_hw != (0, 0):
+            n_image = math.prod(captured.grid(FLUX_TOKEN_FACTOR))
+            n_text = hidden_states.shape[1] - n_image
+            if n_text > 0:
+                self.capture_joint(attn, hidden_states[:, n_text:], hidden_states[:, :n_text], image_rotary_emb)
+        return out
+
+    def projections(self, attn, image: torch.Tensor, text: torch.Tensor, rotary) -> tuple[torch.Tensor, ...]:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        shape = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (b, tokens, heads, head_dim)
+        q, k = attn.norm_q(shape(attn.to_q(image))), attn.norm_k(shape(attn.to_k(image)))
+        if attn.added_kv_proj_dim is not None:  # double-stream: the text's own projections
+            kt = attn.norm_added_k(shape(attn.add_k_proj(text)))
+        else:  # single-stream: one projection for the whole sequence
+            kt = attn.norm_k(shape(attn.to_k(text)))
+        if rotary is not None:  # rotary embeddings cover [text, image] in that order
+            n_text = text.shape[1]
+            cos, sin = rotary
+            text_rot, image_rot = (cos[:n_text], sin[:n_text]), (cos[n_text:], sin[n_text:])
+            q = apply_rotary_emb(q, image_rot, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rot, sequence_dim=1)
+            kt = apply_rotary_emb(kt, text_rot, sequence_dim=1)
+        return q.transpose(1, 2), k.transpose(1, 2), kt.transpose(1, 2)
+
+
+#: FLUX packs 2x2 latent cells into one token: its maps are at factor 2 of the latent.
+FLUX_TOKEN_FACTOR = 2
+
+
+def denoiser_style(denoiser) -> str:
+    """'unet', 'dit' (PixArt: separate self- and cross-attention), 'sd3' (joint) or 'flux' (joint and single)."""
+    if hasattr(denoiser, "down_blocks"):
+        return "unet"
+    name = type(denoiser).__name__
+    if name.startswith("Flux"):
+        return "flux"
+    if name.startswith("SD3"):
+        return "sd3"
+    return "dit"
+
+
+def token_factor(denoiser) -> int:
+    """The factor (latent cells per token side) of a transformer denoiser's image tokens."""
+    if denoiser_style(denoiser) == "flux":
+        return FLUX_TOKEN_FACTOR
+    return int(getattr(denoiser.config, "patch_size", 1) or 1)
 
 
 def attention_factors(unet) -> dict[str, tuple[int, ...]]:
-    """{'cross': factors, 'self': factors} at which `unet` has attention layers, read off its block layout
-    (down block i works at factor 2**i, the middle block at the coarsest, up blocks in reverse)."""
-    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    """{'cross': factors, 'self': factors} at which the denoiser `unet` has attention layers. A UNet's are read
+    off its block layout (down block i works at factor 2**i, the middle block at the coarsest, up blocks in
+    reverse); a transformer's are all at its token grid (joint layers give both kinds)."""
     found: dict[str, set[int]] = {"cross": set(), "self": set()}
+    style = denoiser_style(unet)
+    if style != "unet":  # a transformer: every layer attends at its token grid
+        f = token_factor(unet)
+        for name in unet.attn_processors:
+            kind = name.split(".")[-2]
+            if kind == "attn" or (style == "dit" and kind == "attn2"):
+                found["cross"].add(f)
+            if kind in ("attn", "attn1") or (style == "sd3" and kind == "attn2"):
+                found["self"].add(f)
+        return {kind: tuple(sorted(fs)) for kind, fs in found.items()}
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
     for name in unet.attn_processors:
         parts = name.split(".")
         kind = {"attn1": "self", "attn2": "cross"}.get(parts[-2])
@@ -256,16 +386,26 @@ def capture_attention(unet, spec: CaptureSpec) -> Iterator[CapturedAttention]:
     """Swap capturing processors into `unet` for the duration; restore the originals on exit, also on error."""
     captured = CapturedAttention(spec)
     originals = dict(unet.attn_processors)
+    style = denoiser_style(unet)
+    if spec.features and style != "unet":
+        raise ValueError(
+            f"CaptureSpec.features asks for UNet decoder features, but the denoiser is a {type(unet).__name__}: "
+            "the learned decoder annotator needs a UNet model (Stable Diffusion 1.x/2.x or the toy model)"
+        )
     kinds = set()
     if spec.cross_factors:
         kinds.add("attn2")
     if spec.self_factors:
-        kinds.add("attn1")
-    wrapped = {
-        name: CapturingProcessor(proc, captured) if name.split(".")[-2] in kinds else proc
-        for name, proc in originals.items()
-    }
-    unet.set_attn_processor(wrapped)
+        kinds.add("attn1" if style != "sd3" else "attn2")
+    joint = {"sd3": JointCapturingProcessor, "flux": FluxCapturingProcessor}.get(style)
+
+    def wrap(name: str, proc):
+        kind = name.split(".")[-2]
+        if kind == "attn" and joint is not None and (spec.cross_factors or spec.self_factors):
+            return joint(proc, captured)
+        return CapturingProcessor(proc, captured) if kind in kinds else proc
+
+    unet.set_attn_processor({name: wrap(name, proc) for name, proc in originals.items()})
     handles = feature_hooks(unet, captured) if spec.features else []
     try:
         yield captured

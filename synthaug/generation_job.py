@@ -9,7 +9,7 @@ from tqdm import tqdm
 from synthaug.annotators import build_annotator, prepare_annotator
 from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.config import GenerationConfig
-from synthaug.generator import check_size_before_load, generate_samples, load_model, resolve_scheduler_class
+from synthaug.generator import check_model_before_load, generate_samples, load_model, resolve_scheduler_class
 from synthaug.store import StoreWriter, create_store
 
 
@@ -41,7 +41,7 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     annotator = build_annotator(cfg.method, cfg.annotator)
     prepare_annotator(annotator, vocab=vocab)
     specs = cfg.prompt_specs(num)
-    check_size_before_load(cfg.model, cfg.height, cfg.width)
+    check_model_before_load(cfg.model, cfg.height, cfg.width)
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
     create_store(out, vocab, image_format=cfg.image_format)

@@ -1,9 +1,10 @@
-"""Load a text-to-image diffusion model from a local folder and drive its denoising loop.
+"""Load a local diffusers text-to-image pipeline and generate with it, batch by batch.
 
-The same code runs Stable Diffusion 1.x/2.x folders (tokenizer, text encoder, UNet, VAE,
-scheduler) and synthaug's pixel-space toy model (no VAE). Components load with their own
-libraries' ``from_pretrained`` from local paths only; nothing is downloaded. Attention is
-captured through ``synthaug.attention`` while the loop runs, never by patching a pipeline.
+diffusers' own pipeline runs the denoising loop (``DiffusionPipeline.from_pretrained`` from a
+local folder; nothing is downloaded). synthaug sets capturing attention processors on the
+pipeline's denoiser (``synthaug.attention``) and marks steps from the pipeline's step callback,
+so Stable Diffusion, SDXL and synthaug's pixel-space toy model (a StableDiffusionPipeline
+without a VAE) all take one path. ``synthaug.pipelines`` says which pipeline classes are supported.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +23,19 @@ import numpy as np
 import torch
 
 from synthaug.annotators.base import Annotator
-from synthaug.attention import CapturedAttention, CaptureSpec, capture_attention
+from synthaug.attention import FLUX_TOKEN_FACTOR, CapturedAttention, CaptureSpec, capture_attention, token_factor
 from synthaug.features import timestep_pass
-from synthaug.prompts import PromptSpec
+from synthaug.pipelines import (
+    Architecture,
+    UnsupportedPipelineError,
+    absent_components,
+    architecture_of,
+    key_lengths,
+    read_index,
+)
+from synthaug.prompts import PromptSpec, words_positions
 from synthaug.sample import Sample
-from synthaug.text import TEXT_MASK_POLICIES, EncodedText, encode_text
+from synthaug.text import TEXT_MASK_POLICIES, encode_text, tokenize
 
 if TYPE_CHECKING:
     from synthaug.annotators.pipeline import AnnotationPipeline
@@ -65,16 +76,60 @@ def resolve_scheduler_class(name: str):
 
 @dataclass
 class DiffusionModel:
-    """The components of a local text-to-image model, plus how synthaug drives it."""
+    """A local text-to-image diffusers pipeline, plus how synthaug reads it.
 
-    path: Path
-    tokenizer: Any
-    text_encoder: Any
-    unet: Any
-    scheduler: Any
-    vae: Any | None
+    `pipe` runs the denoising loop (its own ``__call__``); `arch` says where its denoiser is and how
+    the prompt's tokens map to cross-attention keys; `tokenizer` is a fast tokenizer of those keys
+    (character offsets map class words to tokens)."""
+
+    path: Path | None
+    pipe: Any
+    arch: Architecture
+    tokenizers: list[Any]
     text_mask_policy: str = "all"
     card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The (fast) tokenizer of the first block of cross-attention keys."""
+        return self.tokenizers[0]
+
+    def token_groups(self, spec: PromptSpec) -> list[list[int]]:
+        """Cross-attention key positions of each of `spec`'s targets: every block of keys the denoiser reads
+        (SD3: CLIP's, then T5's, offset by CLIP's length) and every piece a tokenizer splits a word into.
+        Raises ValueError naming the prompt if it is longer than a tokenizer takes."""
+        text = spec.text.lower() if self.arch.lowercases_prompt else spec.text
+        groups: list[list[int]] = [[] for _ in spec.targets]
+        offset = 0
+        for tok, length in zip(self.tokenizers, key_lengths(self.arch, self.tokenizers)):
+            n = len(tok(text, truncation=False).input_ids)
+            if n > length:
+                raise ValueError(
+                    f"the prompt {spec.text!r} is {n} tokens long for {type(tok).__name__}, which takes {length}: "
+                    "shorten it (the tokens past the limit would be cut off unseen)"
+                )
+            bounded = TokenLimit(tok, length)
+            for group, target in zip(groups, spec.targets):
+                group.extend(offset + i for i in words_positions(bounded, text, target.words, target.occurrence))
+            offset += length
+        return groups
+
+    @property
+    def unet(self) -> Any:
+        """The pipeline's denoiser (``unet`` or ``transformer``)."""
+        return getattr(self.pipe, self.arch.denoiser)
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.pipe.text_encoder
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
+    @property
+    def vae(self) -> Any | None:
+        return getattr(self.pipe, "vae", None)
 
     @property
     def device(self) -> torch.device:
@@ -92,73 +147,112 @@ class DiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def token_factor(self) -> int:
+        """Latent cells per attention-map cell at the finest maps: 1 for a UNet, the patch size of a DiT."""
+        return 1 if self.arch.denoiser == "unet" else token_factor(self.unet)
+
+    @property
     def default_size(self) -> int:
-        return int(self.card.get("resolution") or self.unet.config.sample_size * self.vae_factor)
+        sample = getattr(self.unet.config, "sample_size", None) or getattr(self.pipe, "default_sample_size", 128)
+        return int(self.card.get("resolution") or sample * self.vae_factor)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this model's samples: path, scheduler and the text mask policy."""
+        """What identifies this model's samples: path, pipeline, scheduler and the text mask policy."""
+        name = self.path.name if self.path is not None else type(self.pipe).__name__
         return {
-            "model": str(self.path),
-            "model_name": self.card.get("name", self.path.name),
+            "model": str(self.path) if self.path is not None else f"<{type(self.pipe).__name__} object>",
+            "model_name": self.card.get("name", name),
+            "pipeline": type(self.pipe).__name__,
             "scheduler": type(self.scheduler).__name__,
             "text_mask_policy": self.text_mask_policy,
         }
 
 
 def load_model(
-    path: str | Path | None = None,
+    path: str | Path | Any | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     scheduler: str | None = None,
 ) -> DiffusionModel:
-    """Load tokenizer, text encoder, UNet, scheduler and (if present) VAE from a local diffusers folder.
+    """Load a local diffusers text-to-image folder with ``DiffusionPipeline.from_pretrained`` (or wrap a
+    pipeline object a Python user passes); nothing is downloaded.
 
+    The folder's pipeline class is checked against the supported kinds before any weights load.
     fp16 is used on CUDA unless `dtype` says otherwise; the CPU runs fp32.
     """
+    if path is not None and not isinstance(path, (str, Path)):
+        return wrap_pipeline(path, scheduler=scheduler)
     path = Path(path) if path is not None else default_model_path()
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(
-            f"model path {path} has no model_index.json: give a local diffusers model folder "
-            "(e.g. a Stable Diffusion 1.5 snapshot saved with save_pretrained), or leave --model unset for the toy model"
-        )
-    index = json.loads(index_file.read_text())
-    missing = [c for c in ("tokenizer", "text_encoder", "unet", "scheduler") if not index.get(c) or index[c][0] is None]
+    index = read_index(path)
+    arch = architecture_of(index.get("_class_name", "?"), f"model {path}")
+    missing = [c for c in (arch.denoiser, *arch.key_tokenizers, "scheduler") if not (index.get(c) or [None])[0]]
     if missing:
-        raise ValueError(f"model {path} lacks components {missing}; synthaug needs a text-to-image UNet model")
-    from transformers import AutoTokenizer
+        raise ValueError(f"model {path} lacks components {missing}; a {index['_class_name']} needs them")
+    from diffusers import DiffusionPipeline
 
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-
-    def component(name: str):
-        library, cls_name = index[name]
-        cls = getattr(importlib.import_module(library), cls_name)
-        extra = {"low_cpu_mem_usage": False} if library == "diffusers" and name != "scheduler" else {}
-        return cls.from_pretrained(path, subfolder=name, **extra)
-
-    def place(module):
-        module = module.to(device)
-        return (module if module.dtype == dtype else module.to(dtype)).eval()
-
-    # A fast tokenizer, for the character offsets that map class words to tokens.
-    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", use_fast=True)
-    text_encoder = place(component("text_encoder"))
-    unet = place(component("unet"))
-    vae = place(component("vae")) if index.get("vae") and index["vae"][0] else None
-    sched = component("scheduler")
-    if scheduler is not None:
-        sched = resolve_scheduler_class(scheduler).from_config(sched.config)
+    absent = {name: None for name in absent_components(index)}
+    with warnings.catch_warnings():
+        # Pipelines warn (printing the whole config) about scheduler settings they then override; the
+        # folder's own scheduler is put back below, so the warning is noise.
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = DiffusionPipeline.from_pretrained(
+            path, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False, **absent
+        )
+        library, cls_name = index["scheduler"]
+        own = getattr(importlib.import_module(library), cls_name).from_pretrained(path, subfolder="scheduler")
+    pipe.scheduler = own
+    pipe.to(device)
     card_file = path / SYNTHAUG_MODEL_FILE
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    return wrap_pipeline(pipe, path=path, card=card, scheduler=scheduler)
+
+
+def wrap_pipeline(
+    pipe: Any, path: Path | None = None, card: dict[str, Any] | None = None, scheduler: str | None = None
+) -> DiffusionModel:
+    """A DiffusionModel around a loaded pipeline object; UnsupportedPipelineError names its class otherwise."""
+    arch = architecture_of(type(pipe).__name__, f"the pipeline object {type(pipe).__name__}")
+    card = card or {}
+    if path is None:
+        name = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+        path = Path(name) if name else None
+    if scheduler is not None:
+        pipe.scheduler = resolve_scheduler_class(scheduler).from_config(pipe.scheduler.config)
     policy = card.get("text_mask_policy", "all")
     if policy not in TEXT_MASK_POLICIES:
-        raise ValueError(f"{card_file}: text_mask_policy={policy!r} is unknown; use one of {TEXT_MASK_POLICIES}")
-    for module in (text_encoder, unet, vae):
+        raise ValueError(
+            f"{SYNTHAUG_MODEL_FILE}: text_mask_policy={policy!r} is unknown; use one of {TEXT_MASK_POLICIES}"
+        )
+    for name in (arch.denoiser, "text_encoder", "text_encoder_2", "vae"):
+        module = getattr(pipe, name, None)
         if module is not None:
-            module.requires_grad_(False)
-    return DiffusionModel(path, tokenizer, text_encoder, unet, sched, vae, policy, card)
+            module.requires_grad_(False).eval()
+    pipe.set_progress_bar_config(disable=True)
+    tokenizers = [fast_tokenizer(getattr(pipe, name), path, name) for name in arch.key_tokenizers]
+    return DiffusionModel(path, pipe, arch, tokenizers, policy, card)
+
+
+def fast_tokenizer(tokenizer: Any, path: Path | None, subfolder: str) -> Any:
+    """`tokenizer` if it is fast (it gives character offsets), else the fast twin of its files."""
+    if getattr(tokenizer, "is_fast", False):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    source = path / subfolder if path is not None and (path / subfolder).is_dir() else tokenizer.name_or_path
+    return AutoTokenizer.from_pretrained(source, use_fast=True)
+
+
+class TokenLimit:
+    """A tokenizer seen with another maximum length (a pipeline pads T5 to its own sequence length)."""
+
+    def __init__(self, tokenizer: Any, length: int) -> None:
+        self.tokenizer, self.model_max_length = tokenizer, length
+
+    def __call__(self, text: str, **kwargs: Any) -> Any:
+        return self.tokenizer(text, **{**kwargs, "max_length": self.model_max_length})
 
 
 @dataclass
@@ -172,10 +266,15 @@ class GeneratedBatch:
     captured: CapturedAttention | None
 
 
-def size_multiple(unet_config: dict[str, Any], vae_config: dict[str, Any] | None) -> int:
-    """Heights and widths must be multiples of this: VAE factor x the UNet's downsampling."""
+def size_multiple(denoiser_config: dict[str, Any], vae_config: dict[str, Any] | None) -> int:
+    """Heights and widths must be multiples of this: the VAE factor times the UNet's downsampling, or
+    times a transformer's patch (FLUX packs 2x2 latent cells into a token)."""
     vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1) if vae_config else 1
-    return vae_factor * 2 ** (len(unet_config["block_out_channels"]) - 1)
+    if "down_block_types" in denoiser_config:
+        return vae_factor * 2 ** (len(denoiser_config["block_out_channels"]) - 1)
+    if str(denoiser_config.get("_class_name", "")).startswith("Flux"):
+        return vae_factor * FLUX_TOKEN_FACTOR
+    return vae_factor * int(denoiser_config.get("patch_size") or 1)
 
 
 def check_size(multiple: int, height: int | None, width: int | None) -> None:
@@ -183,25 +282,27 @@ def check_size(multiple: int, height: int | None, width: int | None) -> None:
     for name, value in (("height", height), ("width", width)):
         if value is not None and (value <= 0 or value % multiple):
             raise ValueError(
-                f"{name}={value} must be a positive multiple of {multiple} (the VAE factor times the UNet's "
-                f"downsampling); try {max(multiple, round(value / multiple) * multiple)}"
+                f"{name}={value} must be a positive multiple of {multiple} (the VAE factor times the denoiser's "
+                f"downsampling or patch size); try {max(multiple, round(value / multiple) * multiple)}"
             )
 
 
-def check_size_before_load(path: str | Path | None, height: int | None, width: int | None) -> None:
-    """The size check of `check_generation_inputs`, from the model folder's config files alone."""
+def check_model_before_load(path: str | Path | None, height: int | None, width: int | None) -> None:
+    """What can be checked of a model folder from its config files alone, before anything is created or
+    loaded: that it is a supported pipeline (naming its class and the supported kinds if not) and the size
+    rule of `check_generation_inputs`."""
     path = Path(path) if path is not None else default_model_path()
-    index_file, unet_file, vae_file = (
-        path / "model_index.json",
-        path / "unet" / "config.json",
-        path / "vae" / "config.json",
-    )
-    if not (index_file.is_file() and unet_file.is_file()):
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
         return  # load_model will say what is missing
     index = json.loads(index_file.read_text())
+    arch = architecture_of(index.get("_class_name", "?"), f"model {path}")
+    denoiser_file, vae_file = path / arch.denoiser / "config.json", path / "vae" / "config.json"
+    if not denoiser_file.is_file():
+        return  # load_model will say what is wrong
     has_vae = bool(index.get("vae") and index["vae"][0]) and vae_file.is_file()
     vae_cfg = json.loads(vae_file.read_text()) if has_vae else None
-    check_size(size_multiple(json.loads(unet_file.read_text()), vae_cfg), height, width)
+    check_size(size_multiple(json.loads(denoiser_file.read_text()), vae_cfg), height, width)
 
 
 def check_generation_inputs(
@@ -225,52 +326,62 @@ def check_generation_inputs(
         raise ValueError(f"guidance={guidance} must be >= 0 (0 or 1 disables classifier-free guidance)")
 
 
-def guided_text(model: DiffusionModel, prompts: list[str], negative_prompt: str, cfg: bool) -> EncodedText:
-    """The prompts' encoding; under classifier-free guidance the negative prompt's rows come first."""
-    text = encode_text(model.tokenizer, model.text_encoder, prompts, model.text_mask_policy)
-    if not cfg:
-        return text
-    uncond = encode_text(model.tokenizer, model.text_encoder, [negative_prompt] * len(prompts), model.text_mask_policy)
-    return EncodedText(
-        torch.cat([uncond.input_ids, text.input_ids]),
-        torch.cat([uncond.embeddings, text.embeddings]),
-        None if text.encoder_mask is None else torch.cat([uncond.encoder_mask, text.encoder_mask]),
+def timestep_count(scheduler: Any, steps: int) -> int:
+    """How many times the pipeline's loop will call back for `steps` steps (Heun-like samplers call more)."""
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
+def step_callback(pipe: Any, step_done: Callable[[int, torch.Tensor], None]) -> dict[str, Any]:
+    """The pipeline's own step callback, calling `step_done(step index, latents)` after each step:
+    ``callback_on_step_end`` where the pipeline has it, else the older ``callback`` (PixArt)."""
+    params = inspect.signature(pipe.__call__).parameters
+    if "callback_on_step_end" in params:
+
+        def on_step_end(_pipe, i: int, _t, tensors: dict[str, Any]) -> dict[str, Any]:
+            step_done(i, tensors["latents"])
+            return {}
+
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in params:
+        return {"callback": lambda i, _t, latents: step_done(i, latents), "callback_steps": 1}
+    raise UnsupportedPipelineError(
+        f"{type(pipe).__name__}.__call__ has no step callback: synthaug cannot follow its steps"
     )
 
 
-def conditional_rows(text: EncodedText, n: int, cfg: bool) -> EncodedText:
-    """The rows of the prompts themselves (the last n under classifier-free guidance)."""
-    if not cfg:
-        return text
-    mask = None if text.encoder_mask is None else text.encoder_mask[n:]
-    return EncodedText(text.input_ids[n:], text.embeddings[n:], mask)
+@contextmanager
+def denoiser_inputs(model: DiffusionModel, rows: list[str]) -> Iterator[None]:
+    """Check that each denoiser call has the batch rows expected (`rows`: the negative prompts first under
+    classifier-free guidance, then the prompts), so captured rows are the prompts' and no other; and apply
+    the model card's text mask policy.
 
+    A model trained to see only some of the prompt's tokens (the toy model: start token and words) must
+    see only those when sampled; diffusers pipelines pass no encoder mask, so this forward pre-hook on the
+    denoiser adds it."""
+    keep = None
+    if model.text_mask_policy != "all":
+        ids, attn = tokenize(model.pipe.tokenizer, rows)
+        keep = attn.bool() & (ids != model.pipe.tokenizer.eos_token_id)
 
-def denoise(
-    model: DiffusionModel,
-    latents: torch.Tensor,
-    text: EncodedText,
-    guidance: float,
-    generators: list[torch.Generator],
-    captured: CapturedAttention | None,
-) -> torch.Tensor:
-    """The sampling loop over the scheduler's timesteps (already set), with classifier-free guidance when
-    `guidance` > 1; each step marked in `captured` (its conditional rows: the last half under guidance)."""
-    sched, n, cfg = model.scheduler, len(latents), guidance > 1.0
-    step_kwargs = {"generator": generators} if "generator" in inspect.signature(sched.step).parameters else {}
-    if captured is not None:
-        captured.set_layout(tuple(latents.shape[-2:]), slice(n, 2 * n) if cfg else slice(0, n))
-    x = latents
-    for i, t in enumerate(sched.timesteps):
-        if captured is not None:
-            captured.begin_step(i, len(sched.timesteps))
-        inp = sched.scale_model_input(torch.cat([x, x]) if cfg else x, t)
-        pred = model.unet(inp, t, text.embeddings, encoder_attention_mask=text.encoder_mask).sample
-        if cfg:
-            pred_u, pred_c = pred.chunk(2)
-            pred = pred_u + guidance * (pred_c - pred_u)
-        x = sched.step(pred, t, x, **step_kwargs).prev_sample
-    return x
+    def check(module, args, kwargs):
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        if x is not None and x.shape[0] != len(rows):
+            raise RuntimeError(
+                f"{type(model.pipe).__name__} ran its denoiser on {x.shape[0]} rows where synthaug expected "
+                f"{len(rows)} (negative prompts first under guidance, then the prompts): captured maps would "
+                "be of the wrong rows"
+            )
+        if keep is not None:
+            ctx = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+            kwargs["encoder_attention_mask"] = keep.to(ctx.device, ctx.dtype)
+        return args, kwargs
+
+    handle = model.unet.register_forward_pre_hook(check, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -285,32 +396,67 @@ def generate_batch(
     capture: CaptureSpec | None = None,
     negative_prompt: str = "",
 ) -> GeneratedBatch:
-    """Denoise one batch of prompts, one seed each; capture attention per `capture` (None: no capture)."""
+    """Run the pipeline on one batch of prompts, one seed each; capture attention per `capture` (None: none).
+
+    The pipeline's own ``__call__`` denoises; capture is processors set on its denoiser, and its step
+    callback marks each step. One generator per image, for its starting noise and any noise a
+    stochastic sampler adds: an image depends on its seed alone, not on the batch it was drawn in."""
     height = height or model.default_size
     width = width or model.default_size
     check_generation_inputs(model, prompts, seeds, height, width, steps, guidance)
-    prompts, cfg = list(prompts), guidance > 1.0
-    text = guided_text(model, prompts, negative_prompt, cfg)
-    f = model.vae_factor
-    # One generator per image, for its starting noise and then any noise a stochastic scheduler adds
-    # (ancestral, SDE): an image depends on its seed alone, not on the batch it was drawn in.
+    prompts, n = list(prompts), len(prompts)
+    cfg = guidance > 1.0 and model.arch.guidance_batch
+    pipe = model.pipe
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    shape = (model.unet.config.in_channels, height // f, width // f)
-    latents = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(model.device, model.dtype)
-    model.scheduler.set_timesteps(steps, device=model.device)
-    latents = latents * model.scheduler.init_noise_sigma
-    cond = conditional_rows(text, len(prompts), cfg)
-    if capture is None:
-        out, captured = denoise(model, latents, text, guidance, generators, None), None
-    else:
-        with capture_attention(model.unet, capture) as captured:
-            out = denoise(model, latents, text, guidance, generators, captured)
-            if capture.timestep is not None:  # the learned decoder's features, at the timestep it was trained at
-                timestep_pass(model, captured, out, cond, seeds)
+    call: dict[str, Any] = {
+        **model.arch.options(),
+        "prompt": prompts,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "height": height,
+        "width": width,
+        "generator": generators,
+        # Pixel space: the latents are the image. (A pipeline sizes latents for a VAE; without one, give them.)
+        "output_type": "pt" if model.vae is not None else "latent",
+    }
+    if negative_prompt:  # else each pipeline's own default (SDXL: zeros for an empty negative prompt)
+        call["negative_prompt"] = [negative_prompt] * n
+    f = model.vae_factor
+    if model.vae is None:
+        shape = (model.unet.config.in_channels, height, width)
+        call["latents"] = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(
+            model.device, model.dtype
+        )
+    total = timestep_count(pipe.scheduler, steps)
+    final: dict[str, torch.Tensor] = {}
+
+    def step_done(i: int, latents: torch.Tensor) -> None:
+        if captured is not None:
+            captured.begin_step(i + 1, total)
+        if i == total - 1:
+            final["latents"] = latents
+
+    call.update(step_callback(pipe, step_done))
+    rows = ([negative_prompt] * n if cfg else []) + prompts
+    with ExitStack() as stack:
+        captured = None
+        if capture is not None:
+            captured = stack.enter_context(capture_attention(model.unet, capture))
+            captured.set_layout((height // f, width // f), slice(n, 2 * n) if cfg else slice(0, n))
+            captured.begin_step(0, total)
+        with denoiser_inputs(model, rows):
+            out = pipe(**call).images
+        if captured is not None and capture.timestep is not None:
+            # the learned decoder's features, at the timestep it was trained at
+            cond = encode_text(model.tokenizer, model.text_encoder, prompts, model.text_mask_policy)
+            timestep_pass(model, captured, final["latents"], cond, seeds)
     if model.vae is not None:
-        out = model.vae.decode(out / model.vae.config.scaling_factor).sample
-    images = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return GeneratedBatch(images, prompts, [int(s) for s in seeds], cond.input_ids.cpu(), captured)
+        images = (out.float().clamp(0, 1) * 255).round()
+    else:
+        images = (out.float().clamp(-1, 1) + 1) * 127.5
+    images = images.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    input_ids, _ = tokenize(model.tokenizer, prompts)
+    return GeneratedBatch(images, prompts, [int(s) for s in seeds], input_ids, captured)
 
 
 def generate_samples(
@@ -334,7 +480,7 @@ def generate_samples(
         raise ValueError("prompts is empty: give at least one prompt")
     # Every class word must be in its prompt, and the annotator fit the model, before any model work.
     # (Only the cheap fit: callers check vocabulary and decoder once, with prepare_annotator, not per batch.)
-    groups = [spec.token_groups(model.tokenizer) for spec in specs]
+    groups = [model.token_groups(spec) for spec in specs]
     annotator = pipeline.annotator
     fit_annotator(annotator, model.unet)
     fingerprint = {

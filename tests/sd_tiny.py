@@ -29,18 +29,14 @@ def bytes_to_unicode() -> dict[int, str]:
 WORDS = ["a", "photo", "of", "cat", "dog", "and", "the", "in", "room", "motorcycle"]
 
 
-def make_tiny_sd(path: Path) -> Path:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def tiny_clip_tokenizer(folder: Path, pad_token: str | None = None):
+    """A CLIP byte-level BPE tokenizer over a few words, written to `folder` (max length 16).
+
+    Every byte char, with and without the end-of-word marker, plus merges for WORDS; "motorcycle"
+    has no merge chain to one token, so it splits into several (as rare words do in CLIP)."""
     from transformers import CLIPTokenizer
 
-    from synthaug.random_sd import clip_text_encoder, save_sd_folder
-
-    torch.manual_seed(0)
-    path = Path(path)
-    tok_dir = path / "_tok_src"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    # Byte-level BPE as CLIP's: every byte char, with and without the end-of-word marker, plus a few
-    # merges. "motorcycle" has no merge chain to one token, so it splits into several.
+    folder.mkdir(parents=True, exist_ok=True)
     chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]
     merges = []
@@ -54,9 +50,38 @@ def make_tiny_sd(path: Path) -> Path:
     vocab_list += ["mo", "mot", "moto", "cy", "cyc", "cycl", "cycle</w>"]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16, **extra)
+
+
+def tiny_vae(**extra):
+    """An AutoencoderKL with 4 blocks: VAE factor 8, as SD's (`extra`: SD3/FLUX's shift and scaling)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        **extra,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+
+
+def make_tiny_sd(path: Path) -> Path:
+    from diffusers import UNet2DConditionModel
+
+    from synthaug.random_sd import clip_text_encoder, save_sd_folder
+
+    torch.manual_seed(0)
+    path = Path(path)
+    tokenizer = tiny_clip_tokenizer(path / "_tok_src")
     text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16)
     unet = UNet2DConditionModel(
         sample_size=8,
@@ -70,15 +95,226 @@ def make_tiny_sd(path: Path) -> Path:
         attention_head_dim=4,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=4,
-        sample_size=64,
-    )
+    vae = tiny_vae()
     return save_sd_folder(path / "tiny-sd", unet, vae, text_encoder, tokenizer)
+
+
+def make_tiny_sdxl(path: Path) -> Path:
+    """A tiny SDXL folder: two CLIP text encoders (the second with a projection, for the pooled text) whose
+    hidden states are concatenated as the UNet's cross-attention keys, and the added time and text
+    conditions, sized as diffusers' own SDXL tests size theirs; saved with StableDiffusionXLPipeline."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from synthaug.random_sd import clip_text_encoder
+
+    torch.manual_seed(0)
+    path = Path(path)
+    tokenizer = tiny_clip_tokenizer(path / "_tok_src")
+    tokenizer_2 = tiny_clip_tokenizer(path / "_tok_src_2", pad_token="!")
+    text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16)
+    config_2 = CLIPTextConfig(
+        vocab_size=len(tokenizer_2),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        projection_dim=32,
+        bos_token_id=tokenizer_2.bos_token_id,
+        eos_token_id=tokenizer_2.eos_token_id,
+        pad_token_id=tokenizer_2.pad_token_id,
+    )
+    text_encoder_2 = CLIPTextModelWithProjection(config_2)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the 32-d pooled text
+        cross_attention_dim=64,  # 32 + 32: the two encoders' states side by side
+        norm_num_groups=8,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(path / "tiny-sdxl")
+    return path / "tiny-sdxl"
+
+
+def tiny_t5_tokenizer(max_length: int = 32):
+    """A T5-style sentencepiece (Unigram, "▁" word marker) fast tokenizer over a few words, built offline;
+    "motorcycle" splits into "▁motor" + "cycle", as sentencepiece splits rare words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [("▁" + w, -1.0) for w in WORDS[:-1]] + [("▁motor", -2.0), ("cycle", -2.0)]
+    pieces += [(c, -6.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=backend,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=max_length,
+    )
+
+
+def tiny_t5_encoder(tokenizer, width: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_ff=37, num_layers=2, num_heads=4, d_kv=8, pad_token_id=0
+    )
+    return T5EncoderModel(config)
+
+
+def make_tiny_pixart(path: Path) -> Path:
+    """A tiny PixArt-alpha folder: a DiT (patch 2) cross-attending to T5 tokens, sized as diffusers' tests."""
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_t5_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=tiny_t5_encoder(tokenizer),
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=DDIMScheduler(),
+    )
+    pipe.save_pretrained(Path(path) / "tiny-pixart")
+    return Path(path) / "tiny-pixart"
+
+
+def _clip_with_projection(tokenizer, width: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            projection_dim=width,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def make_tiny_sd3(path: Path) -> Path:
+    """A tiny SD3 folder: an MMDiT (patch 2) with joint attention over two CLIP encoders' tokens (side by
+    side in features, then padded to T5's width) followed by T5's tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    path = Path(path)
+    tokenizer = tiny_clip_tokenizer(path / "_tok_src")
+    tokenizer_2 = tiny_clip_tokenizer(path / "_tok_src_2", pad_token="!")
+    tokenizer_3 = tiny_t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=_clip_with_projection(tokenizer),
+        tokenizer=tokenizer,
+        text_encoder_2=_clip_with_projection(tokenizer_2),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=tiny_t5_encoder(tokenizer_3, width=64),
+        tokenizer_3=tokenizer_3,
+    )
+    pipe.save_pretrained(path / "tiny-sd3")
+    return path / "tiny-sd3"
+
+
+def make_tiny_flux(path: Path) -> Path:
+    """A tiny FLUX.1-dev-like folder: one double-stream and one single-stream block over T5 tokens with
+    rotary embeddings, 2x2 latent packing, CLIP's pooled text, and the distilled guidance embedding."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    path = Path(path)
+    tokenizer = tiny_clip_tokenizer(path / "_tok_src")
+    tokenizer_2 = tiny_t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels x the 2x2 packing
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    from synthaug.random_sd import clip_text_encoder
+
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=clip_text_encoder(tokenizer, 32, 2, 4, 37, 16),
+        tokenizer=tokenizer,
+        text_encoder_2=tiny_t5_encoder(tokenizer_2),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(path / "tiny-flux")
+    return path / "tiny-flux"

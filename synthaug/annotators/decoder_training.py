@@ -233,7 +233,7 @@ def view_targets(
 ) -> tuple[torch.Tensor, ...]:
     """One view's decoder inputs and targets: class attention, allowed classes, mask, centre heat, offsets, valid."""
     ids = [t.class_id for t in spec.targets]
-    groups = spec.token_groups(model.tokenizer)
+    groups = model.token_groups(spec)
     if groups:
         ch = class_attention(cross, cfg.attention_factors, groups, ids, cfg.num_classes, size)
     else:

@@ -4,7 +4,8 @@ Everything is built offline from configs: a word-level tokenizer (``tokenizers``
 wrapped as a transformers ``PreTrainedTokenizerFast``), a 2-layer ``CLIPTextModel`` and a
 small UNet with cross-attention at 16x16 (encoder and decoder) and at 8x8 in the middle block. It is
 saved in diffusers' folder format (``model_index.json`` plus component folders, safetensors)
-and loads back with the libraries' own ``from_pretrained``.
+as a pixel-space ``StableDiffusionPipeline`` (its VAE declared absent), and loads back with
+``DiffusionPipeline.from_pretrained(path, vae=None)``: generation runs the pipeline's own loop.
 
 The causal CLIP encoder lets the end and padding tokens carry the whole sentence; the UNet
 then attends to them instead of the object words, and word maps light up the background.
@@ -123,13 +124,19 @@ def save_model(out_dir: Path, unet, text_encoder, tokenizer, card: dict[str, Any
     tokenizer.save_pretrained(out_dir / "tokenizer")
     scheduler = build_scheduler(SAMPLING_SCHEDULER)
     scheduler.save_pretrained(out_dir / "scheduler")
+    # A StableDiffusionPipeline in pixel space: no VAE (declared absent), no safety checker.
     index = {
-        "_class_name": "DiffusionPipeline",
+        "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": _version("diffusers"),
         "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "scheduler": ["diffusers", type(scheduler).__name__],
+        "vae": [None, None],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
     }
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out_dir / SYNTHAUG_MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n")

@@ -1,0 +1,267 @@
+"""Every supported diffusers pipeline runs its own loop under synthaug's capture: SDXL, PixArt, SD3, FLUX.
+
+Each model is a tiny random-weight one built from diffusers' own model classes (as diffusers' tests
+build theirs), saved to a folder and loaded by path, as a user's would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from synthaug.attention import CaptureSpec, attention_factors
+from synthaug.cli import main as cli
+from synthaug.generator import generate_batch, load_model
+from synthaug.pipelines import PIPELINES, UnsupportedPipelineError
+from synthaug.prompts import ObjectTarget, PromptSpec
+from synthaug.store import SampleStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sd_tiny
+
+KINDS = ("sdxl", "pixart", "sd3", "flux")
+VOCAB = {
+    "names": ["background", "cat", "dog", "motorcycle"],
+    "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]],
+}
+PROMPTS = ["a photo of a cat", "a motorcycle in the room"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipelines")
+    return {kind: getattr(sd_tiny, f"make_tiny_{kind}")(root / kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def models(folders) -> dict:
+    return {kind: load_model(path) for kind, path in folders.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_writes_a_store_that_verifies(kind, folders, tmp_path):
+    """`synthaug generate --model FOLDER` on each architecture: the pipeline's own loop, maps from its
+    denoiser's attention, a store whose samples read back and whose labels are the prompts' classes."""
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "vocabulary": VOCAB,
+                "prompts": {"source": "templates", "templates": ["a photo of a {cls}"]},
+                "steps": 2,
+                "guidance": 4.0,
+                "height": 64,
+                "width": 64,
+                "num": 3,
+                "batch_size": 2,
+                "method": "cross_attention",
+                "annotator": {"factors": [2]},
+            }
+        )
+    )
+    store_dir = tmp_path / "store"
+    assert cli(["generate", "--config", str(cfg), "--out", str(store_dir), "--model", str(folders[kind])]) == 0
+    assert cli(["verify", str(store_dir)]) == 0
+    store = SampleStore(store_dir)
+    assert len(store) == 3
+    for i in range(3):
+        s = store.read(i)
+        assert s.image.shape == (64, 64, 3) and s.mask.shape == (64, 64)
+        prompted = {VOCAB["names"].index(n) for n in VOCAB["names"][1:] if n in s.prompt}
+        assert set(np.unique(s.mask).tolist()) <= prompted | {0, 255}
+        assert s.fingerprint["pipeline"] == json.loads((folders[kind] / "model_index.json").read_text())["_class_name"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_capture_fills_the_token_grid_and_leaves_images_unchanged(kind, models):
+    model = models[kind]
+    f = attention_factors(model.unet)["cross"][0]
+    plain = generate_batch(model, PROMPTS, [1, 2], steps=2, guidance=4.0, height=64, width=64)
+    out = generate_batch(
+        model, PROMPTS, [1, 2], steps=2, guidance=4.0, height=64, width=64, capture=CaptureSpec((f,), (f,))
+    )
+    assert (plain.images == out.images).all()
+    cross, self_ = out.captured.cross_maps()[f], out.captured.self_maps()[f]
+    grid = 64 // 8 // f
+    assert cross.shape[:3] == (2, grid, grid)
+    assert self_.shape == (2, grid * grid, grid * grid)
+    # Distributions over the text keys and over the image keys, one row per image token.
+    assert torch.allclose(cross.sum(-1), torch.ones(2, grid, grid), atol=1e-4)
+    assert torch.allclose(self_.sum(-1), torch.ones(2, grid * grid), atol=1e-4)
+
+
+def test_token_positions_of_split_words_under_clip_t5_and_both_sdxl_tokenizers(models):
+    """'motorcycle' is three BPE pieces in the tiny CLIP vocabularies and two sentencepiece pieces in the
+    tiny T5 one; every piece is a key of the class. SD3's keys are CLIP's 16, then T5's."""
+    spec = PromptSpec("a photo of a motorcycle", (ObjectTarget(3, ("motorcycle",)), ObjectTarget(1, ("photo",))), 0)
+    clip = [[5, 6, 7], [2]]  # <start> a photo of a motor cycle
+    t5 = [[4, 5], [1]]  # ▁a ▁photo ▁of ▁a ▁motor cycle </s>
+    assert models["sdxl"].token_groups(spec) == clip
+    sdxl = models["sdxl"].pipe
+    for tok in (sdxl.tokenizer, sdxl.tokenizer_2):  # the second SDXL tokenizer pads with "!", same positions
+        ids = tok("a photo of a motorcycle").input_ids
+        assert [ids[i] for i in clip[0]] == tok("motorcycle", add_special_tokens=False).input_ids
+    assert models["pixart"].token_groups(spec) == t5
+    assert models["flux"].token_groups(spec) == t5
+    clip_len = models["sd3"].pipe.tokenizer.model_max_length
+    assert models["sd3"].token_groups(spec) == [c + [clip_len + i for i in t] for c, t in zip(clip, t5)]
+
+
+def test_pixart_positions_are_those_of_the_lowercased_prompt_it_encodes(models):
+    spec = PromptSpec("A photo of a Cat", (ObjectTarget(1, ("cat",)),), 0)
+    tok = models["pixart"].tokenizer
+    ids = tok("a photo of a cat").input_ids
+    [pos] = models["pixart"].token_groups(spec)
+    assert [ids[i] for i in pos] == tok("cat", add_special_tokens=False).input_ids
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, tokens, heads * d) -> (b, tokens, heads, d)."""
+    return t.view(t.shape[0], -1, heads, t.shape[-1] // heads)
+
+
+def _norm(module, t: torch.Tensor) -> torch.Tensor:
+    return t if module is None else module(t)
+
+
+def _joint_layers(denoiser) -> list:
+    return [m for name, m in denoiser.named_modules() if name.endswith(".attn")]
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_joint_attention_maps_are_the_layers_own_probabilities_on_the_conditional_rows(kind, models):
+    """The captured map equals, averaged over layers, the image-query x text-key block of the full joint
+    softmax each layer computes (checked: it reproduces the layer's own output), renormalised over the text
+    keys, on the prompts' rows only (SD3: the negative prompts' rows differ and are not captured)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    model = models[kind]
+    seen: list[tuple] = []
+
+    def record(module, args, kwargs, out):
+        seen.append((module, args, kwargs, out))
+
+    handles = [m.register_forward_hook(record, with_kwargs=True) for m in _joint_layers(model.unet)]
+    try:
+        out = generate_batch(
+            model, PROMPTS, [1, 2], steps=1, guidance=4.0, height=64, width=64, capture=CaptureSpec((2,))
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    n_image = (64 // 8 // 2) ** 2
+    blocks, others = [], []
+    with torch.no_grad():
+        for attn, args, kwargs, actual in seen:
+            x = args[0] if args else kwargs["hidden_states"]
+            ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            rotary = kwargs.get("image_rotary_emb")
+            b, h = x.shape[0], attn.heads
+            if ctx is not None:  # double-stream / MMDiT: own projections for the text
+                qi, ki, vi = (_heads(m(x), h) for m in (attn.to_q, attn.to_k, attn.to_v))
+                qt, kt, vt = (_heads(m(ctx), h) for m in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+                qi, ki = _norm(attn.norm_q, qi), _norm(attn.norm_k, ki)
+                qt, kt = _norm(attn.norm_added_q, qt), _norm(attn.norm_added_k, kt)
+                text_first = kind == "flux"
+                q = torch.cat([qt, qi] if text_first else [qi, qt], 1)
+                k = torch.cat([kt, ki] if text_first else [ki, kt], 1)
+                v = torch.cat([vt, vi] if text_first else [vi, vt], 1)
+                n_text = ctx.shape[1]
+            else:  # single-stream: [text, image] as one sequence
+                q, k, v = (_heads(m(x), h) for m in (attn.to_q, attn.to_k, attn.to_v))
+                q, k = _norm(attn.norm_q, q), _norm(attn.norm_k, k)
+                text_first, n_text = True, x.shape[1] - n_image
+            if rotary is not None:
+                q, k = apply_rotary_emb(q, rotary, sequence_dim=1), apply_rotary_emb(k, rotary, sequence_dim=1)
+            q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))
+            p = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+            y = (p @ v).transpose(1, 2).reshape(b, -1, h * v.shape[-1])
+            image_rows = slice(n_text, None) if text_first else slice(0, n_image)
+            text_cols = slice(0, n_text) if text_first else slice(n_image, None)
+            if ctx is not None:
+                expect = attn.to_out[0](y[:, image_rows].to(x.dtype))
+                assert torch.allclose(expect, actual[0], atol=1e-4)  # the probabilities the layer used
+            else:  # a single-stream layer returns the attention itself; its block projects it
+                assert torch.allclose(y.to(x.dtype), actual, atol=1e-4)
+            block = p[:, :, image_rows, text_cols]
+            block = (block / block.sum(-1, keepdim=True)).mean(1)
+            if kind == "sd3":
+                blocks.append(block[2:])
+                others.append(block[:2])
+            else:
+                blocks.append(block)
+    assert seen
+    captured = out.captured.cross_maps()[2].reshape(2, n_image, -1)
+    expected = torch.stack(blocks).mean(0)
+    assert torch.allclose(captured, expected, atol=1e-5)
+    if others:
+        assert (torch.stack(others).mean(0) - expected).abs().max() > 1e-3  # a capture of those would fail
+
+
+def test_an_unsupported_pipeline_is_named_before_any_weights_load(tmp_path):
+    """An unconditional pipeline and an image-to-image one: the error names the class and the supported
+    kinds; the folders hold no weights at all, so nothing was loaded."""
+    for cls in ("DDPMPipeline", "StableDiffusionImg2ImgPipeline"):
+        folder = tmp_path / cls
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": cls, "unet": ["diffusers", "UNet2DModel"]}))
+        with pytest.raises(UnsupportedPipelineError) as err:
+            load_model(folder)
+        assert cls in str(err.value) and all(name in str(err.value) for name in PIPELINES)
+
+
+def test_cli_names_an_unsupported_pipeline(tmp_path, capsys):
+    folder = tmp_path / "ddpm"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(yaml.safe_dump({"vocabulary": VOCAB, "prompts": {"source": "templates"}, "num": 1}))
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "s"), "--model", str(folder)]) == 2
+    assert "DDPMPipeline" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_pipeline_object_is_driven_as_its_folder_would_be(folders, models):
+    from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+
+    pipe = DiffusionPipeline.from_pretrained(folders["pixart"], low_cpu_mem_usage=False)
+    model = load_model(pipe)
+    a = generate_batch(model, PROMPTS, [3, 4], steps=2, height=64, width=64)
+    b = generate_batch(models["pixart"], PROMPTS, [3, 4], steps=2, height=64, width=64)
+    assert (a.images == b.images).all()
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    unconditional = DDPMPipeline(unet, DDPMScheduler())
+    with pytest.raises(UnsupportedPipelineError, match="DDPMPipeline"):
+        load_model(unconditional)
+
+
+def test_a_prompt_longer_than_a_tokenizer_takes_fails_naming_it_before_any_model_work(models):
+    """The tiny CLIP takes 16 tokens; SD3 reads CLIP and T5, so the CLIP limit applies there too."""
+    long = "a photo of a cat " * 5 + "and a dog"
+    spec = PromptSpec(long, (ObjectTarget(2, ("dog",)),), 0)
+    for kind in ("sdxl", "sd3"):
+        with pytest.raises(ValueError, match="is 30 tokens long for CLIPTokenizer, which takes 16") as err:
+            models[kind].token_groups(spec)
+        assert long in str(err.value)
+
+
+def test_a_batch_layout_other_than_expected_fails_instead_of_capturing_wrong_rows(models):
+    """If a pipeline ran guidance as separate calls (or none), slicing 'the last half' would capture the
+    wrong rows: the denoiser's batch is checked at every call."""
+    model = models["sdxl"]
+    wrong = dataclasses.replace(model, arch=dataclasses.replace(model.arch, guidance_batch=False))
+    with pytest.raises(RuntimeError, match="expected 2"):
+        generate_batch(wrong, PROMPTS, [1, 2], steps=1, guidance=4.0, height=64, width=64, capture=CaptureSpec((2,)))
