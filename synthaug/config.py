@@ -29,6 +29,7 @@ class GenerationConfig:
     model: str | None = None
     device: str = "cpu"
     scheduler: str | None = None
+    lora: Any = None
     steps: int = 25
     guidance: float = 3.0
     height: int | None = None
@@ -97,6 +98,30 @@ class GenerationConfig:
         if self.prompts.get("source", "toy") == "toy":
             need(self.vocabulary == "toy", "vocabulary", "must be 'toy' when prompts.source is 'toy'")
         self.class_vocabulary(where)
+        self.lora_weights(where)
+
+    def lora_weights(self, where: str = "config") -> list:
+        """`lora` as a list of LoraWeights: a path, or a list of paths or {path, scale} mappings."""
+        from synthaug.generator import LoraWeights
+
+        items = [] if self.lora is None else self.lora if isinstance(self.lora, list) else [self.lora]
+        out = []
+        for item in items:
+            entry = {"path": item} if isinstance(item, str) else item
+            ok = isinstance(entry, dict) and set(entry) <= {"path", "scale"} and isinstance(entry.get("path"), str)
+            scale = entry.get("scale", 1.0) if ok else None
+            if not ok or not isinstance(scale, (int, float)) or isinstance(scale, bool):
+                raise ConfigError(
+                    f"{where}: key 'lora' has {item!r}: give a LoRA file's path, or a list of paths or of "
+                    "{path: FILE, scale: NUMBER} mappings"
+                )
+            if not Path(entry["path"]).is_file():
+                raise ConfigError(
+                    f"{where}: key 'lora' names {entry['path']!r}, which is not a file: give a local .safetensors "
+                    "LoRA file (nothing is downloaded)"
+                )
+            out.append(LoraWeights(Path(entry["path"]), float(scale)))
+        return out
 
     def class_vocabulary(self, where: str = "config") -> ClassVocabulary:
         if self.vocabulary == "toy":

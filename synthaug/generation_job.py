@@ -45,7 +45,7 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
     create_store(out, vocab, image_format=cfg.image_format)
-    model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
+    model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())
     prepare_annotator(annotator, model=model)
     samples = samples_from_config(cfg, model, specs, annotator)
     written = 0

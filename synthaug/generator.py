@@ -88,6 +88,7 @@ class DiffusionModel:
     tokenizers: list[Any]
     text_mask_policy: str = "all"
     card: dict[str, Any] = field(default_factory=dict)
+    loras: list[LoraWeights] = field(default_factory=list)
 
     @property
     def tokenizer(self) -> Any:
@@ -165,7 +166,16 @@ class DiffusionModel:
             "pipeline": type(self.pipe).__name__,
             "scheduler": type(self.scheduler).__name__,
             "text_mask_policy": self.text_mask_policy,
+            **({"lora": [{"path": str(w.path), "scale": w.scale} for w in self.loras]} if self.loras else {}),
         }
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """A local LoRA file and the scale it is applied at."""
+
+    path: Path
+    scale: float = 1.0
 
 
 def load_model(
@@ -173,15 +183,17 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     scheduler: str | None = None,
+    loras: Sequence[LoraWeights] = (),
 ) -> DiffusionModel:
     """Load a local diffusers text-to-image folder with ``DiffusionPipeline.from_pretrained`` (or wrap a
     pipeline object a Python user passes); nothing is downloaded.
 
     The folder's pipeline class is checked against the supported kinds before any weights load.
-    fp16 is used on CUDA unless `dtype` says otherwise; the CPU runs fp32.
+    fp16 is used on CUDA unless `dtype` says otherwise; the CPU runs fp32. `loras` are loaded with the
+    pipeline's own LoRA loader (diffusers + peft) and applied at their scales.
     """
     if path is not None and not isinstance(path, (str, Path)):
-        return wrap_pipeline(path, scheduler=scheduler)
+        return wrap_pipeline(path, scheduler=scheduler, loras=loras)
     path = Path(path) if path is not None else default_model_path()
     index = read_index(path)
     arch = architecture_of(index.get("_class_name", "?"), f"model {path}")
@@ -207,11 +219,15 @@ def load_model(
     pipe.to(device)
     card_file = path / SYNTHAUG_MODEL_FILE
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    return wrap_pipeline(pipe, path=path, card=card, scheduler=scheduler)
+    return wrap_pipeline(pipe, path=path, card=card, scheduler=scheduler, loras=loras)
 
 
 def wrap_pipeline(
-    pipe: Any, path: Path | None = None, card: dict[str, Any] | None = None, scheduler: str | None = None
+    pipe: Any,
+    path: Path | None = None,
+    card: dict[str, Any] | None = None,
+    scheduler: str | None = None,
+    loras: Sequence[LoraWeights] = (),
 ) -> DiffusionModel:
     """A DiffusionModel around a loaded pipeline object; UnsupportedPipelineError names its class otherwise."""
     arch = architecture_of(type(pipe).__name__, f"the pipeline object {type(pipe).__name__}")
@@ -231,8 +247,41 @@ def wrap_pipeline(
         if module is not None:
             module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
+    load_loras(pipe, loras)
     tokenizers = [fast_tokenizer(getattr(pipe, name), path, name) for name in arch.key_tokenizers]
-    return DiffusionModel(path, pipe, arch, tokenizers, policy, card)
+    return DiffusionModel(path, pipe, arch, tokenizers, policy, card, list(loras))
+
+
+def load_loras(pipe: Any, loras: Sequence[LoraWeights]) -> None:
+    """Load each LoRA file with the pipeline's own loader (``load_lora_weights``) as its own adapter, and
+    apply them at their scales. Errors name the file: a missing one, a missing ``peft``, a pipeline without a
+    LoRA loader, or weights that do not fit the model (the loader's own message)."""
+    if not loras:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ImportError(f"LoRA {loras[0].path} needs peft: pip install 'synthaug[lora]'")
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ValueError(f"LoRA {loras[0].path}: {type(pipe).__name__} has no LoRA loader in diffusers")
+    names = []
+    for i, lora in enumerate(loras):
+        path = Path(lora.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LoRA file {path} does not exist: give a local .safetensors file")
+        name = f"synthaug_lora_{i}"
+        try:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name, local_files_only=True)
+        except Exception as err:  # the loader's own error (shapes, keys, format), with the file named
+            raise ValueError(f"LoRA {path} does not fit this {type(pipe).__name__}: {err}") from err
+        if not any(name in adapters for adapters in pipe.get_list_adapters().values()):
+            # diffusers only warns when no key names a module of the pipeline; the LoRA would be a silent no-op
+            raise ValueError(
+                f"LoRA {path} does not fit this {type(pipe).__name__}: none of its weights names one of the "
+                "pipeline's modules (a LoRA made for another architecture?)"
+            )
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[float(lora.scale) for lora in loras])
 
 
 def fast_tokenizer(tokenizer: Any, path: Path | None, subfolder: str) -> Any:

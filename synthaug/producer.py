@@ -163,7 +163,7 @@ class Producer:
         prepare_annotator(annotator, vocab=vocab)
         create_store(self.store, vocab, image_format=cfg.image_format)
         self._status("loading")
-        model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler)
+        model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())
         prepare_annotator(annotator, model=model)
         reader = SampleStore(self.store)
         with StoreWriter(self.store, segment=self.segment, resume=True) as writer:

@@ -318,3 +318,21 @@ def make_tiny_flux(path: Path) -> Path:
     )
     pipe.save_pretrained(path / "tiny-flux")
     return path / "tiny-flux"
+
+
+def make_tiny_lora(model: Path, out: Path, seed: int = 1) -> Path:
+    """A LoRA file for the denoiser of the folder `model`, made as diffusers' own training scripts make
+    one (peft adapter on the attention projections, saved with the pipeline's save_lora_weights), with
+    random (not zero) up-projections so that it changes the output."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = DiffusionPipeline.from_pretrained(model, low_cpu_mem_usage=False)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    pipe.unet.add_adapter(config)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    type(pipe).save_lora_weights(out, unet_lora_layers=state, weight_name="lora.safetensors")
+    return Path(out) / "lora.safetensors"

@@ -265,3 +265,57 @@ def test_a_batch_layout_other_than_expected_fails_instead_of_capturing_wrong_row
     wrong = dataclasses.replace(model, arch=dataclasses.replace(model.arch, guidance_batch=False))
     with pytest.raises(RuntimeError, match="expected 2"):
         generate_batch(wrong, PROMPTS, [1, 2], steps=1, guidance=4.0, height=64, width=64, capture=CaptureSpec((2,)))
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    return sd_tiny.make_tiny_sd(tmp_path_factory.mktemp("sd"))
+
+
+def test_a_lora_file_loads_through_the_pipelines_own_loader_at_its_scale(tiny_sd, folders, tmp_path):
+    """Scale 0 gives the base model's images exactly, scale 1 other ones; the samples' fingerprint names it.
+    A LoRA made for another model fails naming the file: one whose shapes differ (the loader's error), and
+    one whose weights name no module of the pipeline (diffusers only warns: it would silently do nothing)."""
+    pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    from synthaug.generator import LoraWeights
+
+    lora = sd_tiny.make_tiny_lora(tiny_sd, tmp_path / "lora")
+    run = dict(prompts=["a photo of a cat"], seeds=[1], steps=2, height=64, width=64)
+    base = generate_batch(load_model(tiny_sd), **run).images
+    off = load_model(tiny_sd, loras=[LoraWeights(lora, 0.0)])
+    on = load_model(tiny_sd, loras=[LoraWeights(lora, 1.0)])
+    assert (generate_batch(off, **run).images == base).all()
+    assert (generate_batch(on, **run).images != base).any()
+    assert on.fingerprint()["lora"] == [{"path": str(lora), "scale": 1.0}]
+
+    other = sd_tiny.make_tiny_lora(folders["sdxl"], tmp_path / "lora_xl")
+    with pytest.raises(ValueError, match="size mismatch") as err:
+        load_model(tiny_sd, loras=[LoraWeights(other)])
+    assert str(other) in str(err.value)
+    foreign = tmp_path / "foreign.safetensors"
+    key = "transformer.transformer_blocks.0.attn1.to_q.lora_{}.weight"
+    save_file({key.format("A"): torch.randn(4, 24), key.format("B"): torch.randn(24, 4)}, foreign)
+    with pytest.raises(ValueError, match="none of its weights names one of the pipeline's modules") as err:
+        load_model(tiny_sd, loras=[LoraWeights(foreign)])
+    assert str(foreign) in str(err.value)
+
+
+def test_lora_config_key(tiny_sd, tmp_path, capsys):
+    """`lora:` in gen.yaml: a missing file fails at start naming the key and the value; a good one generates."""
+    pytest.importorskip("peft")
+    lora = sd_tiny.make_tiny_lora(tiny_sd, tmp_path / "lora")
+    base = {"vocabulary": VOCAB, "prompts": {"source": "templates"}, "num": 2, "steps": 2, "height": 64, "width": 64}
+    cfg = tmp_path / "gen.yaml"
+    for bad, message in (
+        (str(tmp_path / "nope.safetensors"), "key 'lora' names"),
+        ([{"path": str(lora), "scale": "high"}], "key 'lora' has"),
+    ):
+        cfg.write_text(yaml.safe_dump({**base, "lora": bad}))
+        assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "bad"), "--model", str(tiny_sd)]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    cfg.write_text(yaml.safe_dump({**base, "lora": [{"path": str(lora), "scale": 0.5}]}))
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "s"), "--model", str(tiny_sd)]) == 0
+    assert SampleStore(tmp_path / "s").read(0).fingerprint["lora"] == [{"path": str(lora), "scale": 0.5}]

@@ -135,7 +135,7 @@ def step_torch(python: Path) -> None:
 
 
 def step_synthaug(python: Path, mmcv_route: str) -> None:
-    extras = "generate,dev," + ("mmseg-full" if mmcv_route == "official" else "mmseg")
+    extras = "generate,lora,dev," + ("mmseg-full" if mmcv_route == "official" else "mmseg")
     have = probe(python, "import synthaug, mmseg, diffusers, pytest; print(synthaug.__file__)")
     if (
         have is not None
@@ -150,7 +150,7 @@ def step_synthaug(python: Path, mmcv_route: str) -> None:
         pip(python, "-e", f"{ROOT}[{extras}]", *TORCH),
         "synthaug",
         f"synthaug[{extras}]",
-        "read pip's error above; `pip install -e '.[generate,mmseg,dev]'` from the repo root shows it alone.",
+        "read pip's error above; `pip install -e '.[generate,lora,mmseg,dev]'` from the repo root shows it alone.",
     )
 
 
