@@ -375,12 +375,6 @@ def check_generation_inputs(
         raise ValueError(f"guidance={guidance} must be >= 0 (0 or 1 disables classifier-free guidance)")
 
 
-def timestep_count(scheduler: Any, steps: int) -> int:
-    """How many times the pipeline's loop will call back for `steps` steps (Heun-like samplers call more)."""
-    scheduler.set_timesteps(steps)
-    return len(scheduler.timesteps)
-
-
 def step_callback(pipe: Any, step_done: Callable[[int, torch.Tensor], None]) -> dict[str, Any]:
     """The pipeline's own step callback, calling `step_done(step index, latents)` after each step:
     ``callback_on_step_end`` where the pipeline has it, else the older ``callback`` (PixArt)."""
@@ -400,10 +394,12 @@ def step_callback(pipe: Any, step_done: Callable[[int, torch.Tensor], None]) -> 
 
 
 @contextmanager
-def denoiser_inputs(model: DiffusionModel, rows: list[str]) -> Iterator[None]:
+def denoiser_inputs(
+    model: DiffusionModel, rows: list[str], before_call: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Check that each denoiser call has the batch rows expected (`rows`: the negative prompts first under
-    classifier-free guidance, then the prompts), so captured rows are the prompts' and no other; and apply
-    the model card's text mask policy.
+    classifier-free guidance, then the prompts), so captured rows are the prompts' and no other; apply
+    the model card's text mask policy; and call `before_call()` before each denoiser call.
 
     A model trained to see only some of the prompt's tokens (the toy model: start token and words) must
     see only those when sampled; diffusers pipelines pass no encoder mask, so this forward pre-hook on the
@@ -424,6 +420,8 @@ def denoiser_inputs(model: DiffusionModel, rows: list[str]) -> Iterator[None]:
         if keep is not None:
             ctx = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
             kwargs["encoder_attention_mask"] = keep.to(ctx.device, ctx.dtype)
+        if before_call is not None:
+            before_call()
         return args, kwargs
 
     handle = model.unet.register_forward_pre_hook(check, with_kwargs=True)
@@ -476,14 +474,19 @@ def generate_batch(
         call["latents"] = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(
             model.device, model.dtype
         )
-    total = timestep_count(pipe.scheduler, steps)
     final: dict[str, torch.Tensor] = {}
+    calls = [0]
 
-    def step_done(i: int, latents: torch.Tensor) -> None:
+    def before_call() -> None:
+        # Steps are the denoiser's calls, one per entry of the timesteps the pipeline has set on its scheduler
+        # by then (Heun-like samplers have more entries than steps; FLUX sets them with its own `mu` shift).
+        # The pipeline's callback cannot mark them: PixArt's calls back with i // order, after warm-up only.
         if captured is not None:
-            captured.begin_step(i + 1, total)
-        if i == total - 1:
-            final["latents"] = latents
+            captured.begin_step(calls[0], len(pipe.scheduler.timesteps))
+        calls[0] += 1
+
+    def step_done(_i: int, latents: torch.Tensor) -> None:
+        final["latents"] = latents  # the last callback, after the last step, leaves the final latents
 
     call.update(step_callback(pipe, step_done))
     rows = ([negative_prompt] * n if cfg else []) + prompts
@@ -492,8 +495,7 @@ def generate_batch(
         if capture is not None:
             captured = stack.enter_context(capture_attention(model.unet, capture))
             captured.set_layout((height // f, width // f), slice(n, 2 * n) if cfg else slice(0, n))
-            captured.begin_step(0, total)
-        with denoiser_inputs(model, rows):
+        with denoiser_inputs(model, rows, before_call):
             out = pipe(**call).images
         if captured is not None and capture.timestep is not None:
             # the learned decoder's features, at the timestep it was trained at

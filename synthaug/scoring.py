@@ -28,7 +28,6 @@ import math
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,23 +286,13 @@ def _per_class(names: Sequence[str], values: np.ndarray) -> dict[str, float | No
 
 
 def write_scores(store: Path, tag: str, header: dict[str, Any], lines: list[str]) -> Path:
-    """Write a scores file crash-safely (hidden temporary name, fsync, rename) into STORE/scores/."""
+    """Write a scores file crash-safely into STORE/scores/ (imageio.atomic_write_bytes: hidden temporary name,
+    fsync, rename), under a name that sorts by time."""
     folder = plain_subdir(store, SCORES)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", tag).strip("._")[:80] or "scores"
     final = folder / f"{time.time_ns():020d}-{slug}.jsonl"
-    tmp = folder / f".tmp-{uuid.uuid4().hex}.jsonl"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(header, separators=(",", ":")) + "\n")
-            for line in lines:
-                f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    body = json.dumps(header, separators=(",", ":")) + "\n" + "".join(line + "\n" for line in lines)
+    atomic_write_bytes(final, body.encode())
     return final
 
 
@@ -487,18 +476,25 @@ def store_class_iou(
     except ValueError as err:  # an ambiguous name or a map target it lacks: no IoU signal, the producer goes on
         log.warning("synthaug: the validation IoU is not used for the hardness bias: %s", err)
         return {}
-    return {name: class_iou[theirs[lut[i]]] for i, name in enumerate(vocabulary.names) if lut[i] != IGNORE_INDEX}
+    matched = {name: class_iou[theirs[lut[i]]] for i, name in enumerate(vocabulary.names) if lut[i] != IGNORE_INDEX}
+    return {name: v for name, v in matched.items() if math.isfinite(v)}  # NaN: absent from validation
 
 
 def read_class_iou(work_dir: str | Path) -> dict[str, float]:
-    """The run's latest per-class validation IoU ({} if there is none yet, or it cannot be read)."""
+    """The run's latest per-class validation IoU, every class of the trainer's dataset in its order, NaN for a
+    class absent from validation ({} if there is none yet, or it cannot be read). Every class is kept, so that
+    a class map's id targets (positions in that list) still point at the right class."""
     try:
         data = json.loads((Path(work_dir) / CLASS_IOU_FILE).read_text())
-        return {
-            str(k): float(v)
-            for k, v in data["class_iou"].items()
-            if isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0
-        }
+        out = {}
+        for k, v in data["class_iou"].items():
+            if v is None:
+                out[str(k)] = math.nan
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0:
+                out[str(k)] = float(v)
+            else:
+                return {}  # a figure that is no IoU: the file is not ours, or corrupt
+        return out
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 

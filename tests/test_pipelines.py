@@ -319,3 +319,57 @@ def test_lora_config_key(tiny_sd, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({**base, "lora": [{"path": str(lora), "scale": 0.5}]}))
     assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "s"), "--model", str(tiny_sd)]) == 0
     assert SampleStore(tmp_path / "s").read(0).fingerprint["lora"] == [{"path": str(lora), "scale": 0.5}]
+
+
+def _capture_windows(model, steps: int, step_range: tuple[float, float]) -> tuple[int, int]:
+    """(captured cross layers, expected): each denoiser call k of `total` is a step, inside `step_range` when
+    (k + 0.5) / total is; expected is that number of calls times the layers of one call."""
+    model.pipe.set_progress_bar_config(disable=True)
+    layers = len(
+        attention_factors_layers := [n for n in model.unet.attn_processors if n.split(".")[-2] in ("attn", "attn2")]
+    )
+    calls = []
+    handle = model.unet.register_forward_pre_hook(lambda *a: calls.append(len(model.pipe.scheduler.timesteps)))
+    try:
+        out = generate_batch(
+            model,
+            PROMPTS,
+            [1, 2],
+            steps=steps,
+            guidance=4.0,
+            height=64,
+            width=64,
+            capture=CaptureSpec((2,), step_range=step_range),
+        )
+    finally:
+        handle.remove()
+    total = calls[0]
+    assert len(calls) == total and attention_factors_layers
+    inside = sum(step_range[0] <= (k + 0.5) / total < step_range[1] for k in range(total))
+    return out.captured.cross_count.get(2, 0), inside * layers
+
+
+@pytest.mark.parametrize("scheduler", ["HeunDiscreteScheduler", "PNDMScheduler"])
+def test_pixart_steps_are_its_denoiser_calls_under_a_sampler_with_more_timesteps_than_steps(scheduler, folders):
+    """PixArt calls its (legacy) callback with i // scheduler.order and only after warm-up: the capture window
+    must follow the denoiser's calls, not the callback's index (Heun: 7 calls for 4 steps; PNDM: 13)."""
+    got, expected = _capture_windows(load_model(folders["pixart"], scheduler=scheduler), 4, (0.5, 1.0))
+    assert expected > 0 and got == expected
+
+
+def test_flux_with_dev_s_dynamically_shifted_scheduler_generates_and_captures_every_step(folders):
+    """FLUX.1-dev's scheduler shifts its timesteps by a `mu` only the pipeline computes (from the image size):
+    a bare set_timesteps(steps) raises, so the step count must come from the pipeline's own timesteps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model = load_model(folders["flux"])
+    model.pipe.scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's scheduler_config.json
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    got, expected = _capture_windows(model, 3, (0.0, 1.0))
+    assert expected > 0 and got == expected

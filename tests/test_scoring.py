@@ -196,7 +196,7 @@ def test_a_scorer_killed_while_writing_leaves_nothing_a_reader_takes(noisy):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     leftovers = [n for n in os.listdir(store / "scores") if n != first.name]
-    assert leftovers and all(n.startswith(".tmp-") for n in leftovers)
+    assert leftovers and all(n.startswith(".") and n.endswith(".tmp") for n in leftovers)  # hidden temporaries
     assert Scores.newest(store, NAMES).path == first
 
 
@@ -325,7 +325,9 @@ def test_class_iou_file_round_trips_and_a_bad_one_reads_as_none(tmp_path):
     from synthaug.scoring import CLASS_IOU_FILE, read_class_iou, write_class_iou
 
     write_class_iou(tmp_path, 500, {"circle": 0.5, "square": float("nan"), "triangle": 1.0})
-    assert read_class_iou(tmp_path) == {"circle": 0.5, "triangle": 1.0}  # no pixels of a class: no figure
+    got = read_class_iou(tmp_path)
+    assert list(got) == ["circle", "square", "triangle"]  # every class, in order: no pixels of one is NaN
+    assert got["circle"] == 0.5 and math.isnan(got["square"]) and got["triangle"] == 1.0
     assert [p.name for p in tmp_path.iterdir()] == [CLASS_IOU_FILE]  # no temporary file left
     for bad in ("{", '{"class_iou": [1]}', '{"class_iou": {"circle": 7}}', "null"):
         (tmp_path / CLASS_IOU_FILE).write_text(bad)
@@ -419,6 +421,17 @@ def test_validation_iou_is_keyed_by_store_names_as_the_mix_matches_them():
         "car": 0.5,
     }
     assert store_class_iou(iou, store, {"car": 3}) == {"traffic light": 0.1, "person": 0.8, "car": 0.5}
+
+
+def test_a_class_absent_from_validation_does_not_shift_a_class_maps_id_targets(tmp_path):
+    """The IoU file keeps a class with no validation pixels (NaN), so an id target still names the dataset's
+    class at that position; the NaN class itself gives no figure."""
+    from synthaug.scoring import read_class_iou, store_class_iou, write_class_iou
+    from synthaug.vocabulary import ClassVocabulary
+
+    write_class_iou(tmp_path, 10, {"road": 0.9, "bus": float("nan"), "automobile": 0.25})
+    store = ClassVocabulary(["background", "car", "bus"], palette=TOY_VOCABULARY.palette[:3])
+    assert store_class_iou(read_class_iou(tmp_path), store, {"car": 2}) == {"car": 0.25}
 
 
 def test_a_model_that_scores_nothing_writes_no_scores_and_the_previous_stay(noisy):
