@@ -10,7 +10,7 @@ from synthaug.annotators import build_annotator, prepare_annotator
 from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.config import GenerationConfig
 from synthaug.generator import check_model_before_load, generate_samples, load_model, resolve_scheduler_class
-from synthaug.store import StoreWriter, create_store
+from synthaug.store import STORE_FILE, StoreWriter, create_store
 
 
 def samples_from_config(cfg: GenerationConfig, model, specs, annotator, batch_size: int | None = None):
@@ -34,8 +34,9 @@ def samples_from_config(cfg: GenerationConfig, model, specs, annotator, batch_si
 def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = None, progress: bool = True) -> int:
     """Generate `num` (default cfg.num) annotated samples into the store at `out`; returns how many were written.
 
-    Everything that can be checked is checked before the model loads: the config keys, the
-    store's vocabulary against the config's, every class word in its prompt.
+    Everything that can be checked is checked before the store is created: the config keys and the model
+    folder before the model loads; then the model (LoRA files, the annotator's attention factors) and every
+    prompt against its tokenizers. An existing store's vocabulary is checked before the model loads.
     """
     vocab = cfg.class_vocabulary()
     annotator = build_annotator(cfg.method, cfg.annotator)
@@ -44,9 +45,13 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     check_model_before_load(cfg.model, cfg.height, cfg.width)
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
-    create_store(out, vocab, image_format=cfg.image_format)
+    if (Path(out) / STORE_FILE).exists():  # an existing store: its vocabulary checked before the model loads
+        create_store(out, vocab, image_format=cfg.image_format)
     model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())
     prepare_annotator(annotator, model=model)
+    for spec in specs:  # every class word found, no prompt too long for a tokenizer: before the store exists
+        model.token_groups(spec)
+    create_store(out, vocab, image_format=cfg.image_format)
     samples = samples_from_config(cfg, model, specs, annotator)
     written = 0
     with (

@@ -2,7 +2,7 @@
 
 diffusers' own pipeline runs the denoising loop (``DiffusionPipeline.from_pretrained`` from a
 local folder; nothing is downloaded). synthaug sets capturing attention processors on the
-pipeline's denoiser (``synthaug.attention``) and marks steps from the pipeline's step callback,
+pipeline's denoiser (``synthaug.attention``) and marks a step at each denoiser call,
 so Stable Diffusion, SDXL and synthaug's pixel-space toy model (a StableDiffusionPipeline
 without a VAE) all take one path. ``synthaug.pipelines`` says which pipeline classes are supported.
 """
@@ -33,7 +33,7 @@ from synthaug.pipelines import (
     key_lengths,
     read_index,
 )
-from synthaug.prompts import PromptSpec, words_positions
+from synthaug.prompts import PromptSpec, WordNotInPromptError, words_positions
 from synthaug.sample import Sample
 from synthaug.text import TEXT_MASK_POLICIES, encode_text, tokenize
 
@@ -98,20 +98,31 @@ class DiffusionModel:
     def token_groups(self, spec: PromptSpec) -> list[list[int]]:
         """Cross-attention key positions of each of `spec`'s targets: every block of keys the denoiser reads
         (SD3: CLIP's, then T5's, offset by CLIP's length) and every piece a tokenizer splits a word into.
-        Raises ValueError naming the prompt if it is longer than a tokenizer takes."""
+
+        Raises ValueError naming the prompt if it is longer than the last (longest) block takes; an earlier
+        block (SD3's CLIP, 77 tokens, before T5's 256) may cut it off, as the pipeline does: a word past its
+        end is then read from the later block only."""
         text = spec.text.lower() if self.arch.lowercases_prompt else spec.text
         groups: list[list[int]] = [[] for _ in spec.targets]
+        lengths = key_lengths(self.arch, self.tokenizers)
         offset = 0
-        for tok, length in zip(self.tokenizers, key_lengths(self.arch, self.tokenizers)):
-            n = len(tok(text, truncation=False).input_ids)
-            if n > length:
+        for part, (tok, length) in enumerate(zip(self.tokenizers, lengths)):
+            last = part == len(lengths) - 1
+            n = len(tok(text, truncation=False, verbose=False).input_ids)
+            if n > length and last:
                 raise ValueError(
                     f"the prompt {spec.text!r} is {n} tokens long for {type(tok).__name__}, which takes {length}: "
                     "shorten it (the tokens past the limit would be cut off unseen)"
                 )
             bounded = TokenLimit(tok, length)
             for group, target in zip(groups, spec.targets):
-                group.extend(offset + i for i in words_positions(bounded, text, target.words, target.occurrence))
+                try:
+                    found = words_positions(bounded, text, target.words, target.occurrence)
+                except WordNotInPromptError:
+                    if last or n <= length:
+                        raise
+                    found = []  # cut off in this block; the last block has it
+                group.extend(offset + i for i in found)
             offset += length
         return groups
 
@@ -252,10 +263,20 @@ def wrap_pipeline(
     return DiffusionModel(path, pipe, arch, tokenizers, policy, card, list(loras))
 
 
+LORA_PREFIX = "synthaug_lora_"
+
+
 def load_loras(pipe: Any, loras: Sequence[LoraWeights]) -> None:
     """Load each LoRA file with the pipeline's own loader (``load_lora_weights``) as its own adapter, and
-    apply them at their scales. Errors name the file: a missing one, a missing ``peft``, a pipeline without a
-    LoRA loader, or weights that do not fit the model (the loader's own message)."""
+    apply them at their scales. Adapters an earlier load_model put on the same pipeline object are removed
+    first, and all of this call's are removed again if one fails, so the pipeline is never left half-changed.
+    Errors name the file: a missing one, a missing ``peft``, a pipeline without a LoRA loader, adapters of
+    the user's own already active (they would be switched off unseen), or weights that do not fit the model
+    (the loader's own message)."""
+    if hasattr(pipe, "get_list_adapters"):
+        ours = {n for names in safe_adapters(pipe).values() for n in names if n.startswith(LORA_PREFIX)}
+        if ours:
+            pipe.delete_adapters(sorted(ours))
     if not loras:
         return
     import importlib.util
@@ -264,24 +285,47 @@ def load_loras(pipe: Any, loras: Sequence[LoraWeights]) -> None:
         raise ImportError(f"LoRA {loras[0].path} needs peft: pip install 'synthaug[lora]'")
     if not hasattr(pipe, "load_lora_weights"):
         raise ValueError(f"LoRA {loras[0].path}: {type(pipe).__name__} has no LoRA loader in diffusers")
-    names = []
-    for i, lora in enumerate(loras):
-        path = Path(lora.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"LoRA file {path} does not exist: give a local .safetensors file")
-        name = f"synthaug_lora_{i}"
-        try:
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name, local_files_only=True)
-        except Exception as err:  # the loader's own error (shapes, keys, format), with the file named
-            raise ValueError(f"LoRA {path} does not fit this {type(pipe).__name__}: {err}") from err
-        if not any(name in adapters for adapters in pipe.get_list_adapters().values()):
-            # diffusers only warns when no key names a module of the pipeline; the LoRA would be a silent no-op
-            raise ValueError(
-                f"LoRA {path} does not fit this {type(pipe).__name__}: none of its weights names one of the "
-                "pipeline's modules (a LoRA made for another architecture?)"
-            )
-        names.append(name)
-    pipe.set_adapters(names, adapter_weights=[float(lora.scale) for lora in loras])
+    theirs = sorted({n for names in safe_adapters(pipe).values() for n in names})
+    if theirs:
+        raise ValueError(
+            f"LoRA {loras[0].path}: the pipeline already has LoRA adapters {theirs}, which synthaug would switch "
+            "off unseen: fuse them into the weights (pipe.fuse_lora(); pipe.unload_lora_weights()) or give every "
+            "LoRA through `loras`"
+        )
+    names: list[str] = []
+    try:
+        for i, lora in enumerate(loras):
+            path = Path(lora.path)
+            if not path.is_file():
+                raise FileNotFoundError(f"LoRA file {path} does not exist: give a local .safetensors file")
+            name = f"{LORA_PREFIX}{i}"
+            names.append(name)
+            try:
+                pipe.load_lora_weights(
+                    str(path.parent), weight_name=path.name, adapter_name=name, local_files_only=True
+                )
+            except Exception as err:  # the loader's own error (shapes, keys, format), with the file named
+                raise ValueError(f"LoRA {path} does not fit this {type(pipe).__name__}: {err}") from err
+            if not any(name in adapters for adapters in safe_adapters(pipe).values()):
+                # diffusers only warns when no key names a module of the pipeline: it would silently do nothing
+                raise ValueError(
+                    f"LoRA {path} does not fit this {type(pipe).__name__}: none of its weights names one of the "
+                    "pipeline's modules (a LoRA made for another architecture?)"
+                )
+        pipe.set_adapters(names, adapter_weights=[float(lora.scale) for lora in loras])
+    except BaseException:
+        loaded = {n for adapters in safe_adapters(pipe).values() for n in adapters} & set(names)
+        if loaded:
+            pipe.delete_adapters(sorted(loaded))
+        raise
+
+
+def safe_adapters(pipe: Any) -> dict[str, list[str]]:
+    """{component: adapter names} of the pipeline's LoRA adapters ({} without peft or adapters)."""
+    try:
+        return pipe.get_list_adapters()
+    except (ImportError, ValueError, AttributeError):
+        return {}
 
 
 def fast_tokenizer(tokenizer: Any, path: Path | None, subfolder: str) -> Any:

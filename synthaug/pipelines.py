@@ -1,8 +1,8 @@
 """Which diffusers pipelines synthaug drives, and what it must know of each to read attention maps.
 
 diffusers' own pipeline runs the denoising loop for every model; synthaug only sets capturing
-attention processors on the pipeline's denoiser and follows the steps through the pipeline's
-step callback. What differs between architectures is kept here, one `Architecture` per kind:
+attention processors on the pipeline's denoiser and marks a step at each of its calls (one per
+scheduler timestep). What differs between architectures is kept here, one `Architecture` per kind:
 the denoiser's attribute, how the cross-attention keys map to the prompt's tokens, and whether
 classifier-free guidance puts the negative prompt's rows first in the denoiser's batch.
 """
