@@ -63,7 +63,7 @@ def test_mmseg_config_keeps_its_imports_hooks_and_loader(tmp_path, capsys):
     out = tmp_path / "mix.py"
     assert cli(["wrap-config", str(base), "--store", "st", "--ratio", "0.25", "-o", str(out)]) == 0
     cfg = load(str(out))
-    assert cfg.custom_imports.imports == ["my_project.models", "synthaug.integrations.mmseg"]
+    assert cfg.custom_imports.imports == ["synthaug.integrations.mmseg", "my_project.models"]  # ours first
     assert cfg.custom_imports.allow_failed_imports is True
     assert [h["type"] for h in cfg.custom_hooks] == ["EMAHook", "SyntheticPoolHook"]
     loader = cfg.train_dataloader
@@ -149,3 +149,18 @@ def test_mmseg_batch_sampler_is_ours_holding_the_bases_own(tmp_path, loader, inn
     assert (made.batch_sampler.get("batch_sampler") or {}).get("type") == inner
     # torch refuses drop_last beside a batch sampler: the base's moves into ours
     assert made.get("drop_last") == drop_last and made.batch_sampler.get("drop_last") == (True if inner else None)
+
+
+def test_a_mask2former_config_without_mmdet_names_the_extra(tmp_path, capsys, monkeypatch):
+    """mmseg's Mask2Former configs import mmdet.models; without mmdet the drop-in says what to install, before
+    writing anything (mmseg itself would build a head that silently lacks mmdet's Mask2Former)."""
+    pytest.importorskip("mmseg")
+    from synthaug.integrations.mmseg import wrap_config
+
+    monkeypatch.setattr(wrap_config, "module_available", lambda name: name != "mmdet")
+    out = tmp_path / "mix.py"
+    config = "mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py"
+    assert cli(["wrap-config", config, "--store", "st", "--ratio", "0.3", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "mmdet is not installed" in err and "synthaug[mmseg]" in err
+    assert not out.exists()

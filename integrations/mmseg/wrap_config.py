@@ -3,11 +3,13 @@
 Appending the drop-in lines to a config replaces whatever that config set for the same names
 (its `train_dataloader` settings, its `custom_imports`, its `custom_hooks`). A config that names
 the user's as `_base_` inherits everything, so only the keys below are written, and the lists that
-mmengine replaces rather than merges (imports, hooks) are written whole: the base's entries plus ours.
+mmengine replaces rather than merges (imports, hooks) are written whole: the base's entries plus ours
+(our import first: on mmcv-lite it supplies the mmcv ops that `mmdet.models` imports at start).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pprint
 from pathlib import Path
@@ -19,6 +21,10 @@ OUR_IMPORT = "synthaug.integrations.mmseg"
 MIX_TYPE = "SyntheticMixSegDataset"
 HOOK_TYPE = "SyntheticPoolHook"
 SAMPLER_TYPE = "SynthaugBatchSampler"
+
+
+def module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
 
 
 def plain(value: Any) -> Any:
@@ -59,7 +65,14 @@ def mix_config_text(config: str, store: str, ratio: float, out: Path, seed: int 
         )
     imports = imports_cfg.get("imports", [])
     imports = [imports] if isinstance(imports, str) else list(imports)
-    imports += [OUR_IMPORT] * (OUR_IMPORT not in imports)
+    # Ours first: on mmcv-lite it supplies the mmcv.ops that `mmdet.models` (Mask2Former) imports at start.
+    imports = [OUR_IMPORT] + [i for i in imports if i != OUR_IMPORT]
+    for name in imports:
+        if name.split(".")[0] == "mmdet" and not module_available("mmdet"):
+            raise ValueError(
+                f"{config} imports {name} (mmseg's Mask2Former and MaskFormer heads are mmdet's), but mmdet is not "
+                "installed: pip install 'synthaug[mmseg]' (it includes mmdet 3.3)"
+            )
     hooks = [plain(h) for h in cfg.get("custom_hooks") or []]
     if not any(isinstance(h, dict) and h.get("type") == HOOK_TYPE for h in hooks):  # keep the user's own settings
         hooks.append({"type": HOOK_TYPE, "interval": interval})
