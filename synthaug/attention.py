@@ -325,9 +325,13 @@ def denoiser_style(denoiser) -> str:
 
 def token_factor(denoiser) -> int:
     """The factor (latent cells per token side) of a transformer denoiser's image tokens."""
-    if denoiser_style(denoiser) == "flux":
-        return FLUX_TOKEN_FACTOR
-    return int(getattr(denoiser.config, "patch_size", 1) or 1)
+    return token_factor_of(type(denoiser).__name__, getattr(denoiser.config, "patch_size", None))
+
+
+def token_factor_of(class_name: str, patch_size: int | None) -> int:
+    """`token_factor` from a transformer's class name and patch size alone (its config.json, before loading):
+    FLUX packs 2x2 latent cells into a token whatever its patch size says; the others patch by patch_size."""
+    return FLUX_TOKEN_FACTOR if class_name.startswith("Flux") else int(patch_size or 1)
 
 
 def attention_factors(unet) -> dict[str, tuple[int, ...]]:

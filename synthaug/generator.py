@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from synthaug.annotators.base import Annotator
-from synthaug.attention import FLUX_TOKEN_FACTOR, CapturedAttention, CaptureSpec, capture_attention, token_factor
+from synthaug.attention import CapturedAttention, CaptureSpec, capture_attention, token_factor_of
 from synthaug.features import timestep_pass
 from synthaug.pipelines import (
     Architecture,
@@ -159,11 +159,6 @@ class DiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
-    def token_factor(self) -> int:
-        """Latent cells per attention-map cell at the finest maps: 1 for a UNet, the patch size of a DiT."""
-        return 1 if self.arch.denoiser == "unet" else token_factor(self.unet)
-
-    @property
     def default_size(self) -> int:
         sample = getattr(self.unet.config, "sample_size", None) or getattr(self.pipe, "default_sample_size", 128)
         return int(self.card.get("resolution") or sample * self.vae_factor)
@@ -273,10 +268,9 @@ def load_loras(pipe: Any, loras: Sequence[LoraWeights]) -> None:
     Errors name the file: a missing one, a missing ``peft``, a pipeline without a LoRA loader, adapters of
     the user's own already active (they would be switched off unseen), or weights that do not fit the model
     (the loader's own message)."""
-    if hasattr(pipe, "get_list_adapters"):
-        ours = {n for names in safe_adapters(pipe).values() for n in names if n.startswith(LORA_PREFIX)}
-        if ours:
-            pipe.delete_adapters(sorted(ours))
+    ours = {n for names in safe_adapters(pipe).values() for n in names if n.startswith(LORA_PREFIX)}
+    if ours:
+        pipe.delete_adapters(sorted(ours))
     if not loras:
         return
     import importlib.util
@@ -365,9 +359,7 @@ def size_multiple(denoiser_config: dict[str, Any], vae_config: dict[str, Any] | 
     vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1) if vae_config else 1
     if "down_block_types" in denoiser_config:
         return vae_factor * 2 ** (len(denoiser_config["block_out_channels"]) - 1)
-    if str(denoiser_config.get("_class_name", "")).startswith("Flux"):
-        return vae_factor * FLUX_TOKEN_FACTOR
-    return vae_factor * int(denoiser_config.get("patch_size") or 1)
+    return vae_factor * token_factor_of(str(denoiser_config.get("_class_name", "")), denoiser_config.get("patch_size"))
 
 
 def check_size(multiple: int, height: int | None, width: int | None) -> None:
@@ -489,8 +481,8 @@ def generate_batch(
 ) -> GeneratedBatch:
     """Run the pipeline on one batch of prompts, one seed each; capture attention per `capture` (None: none).
 
-    The pipeline's own ``__call__`` denoises; capture is processors set on its denoiser, and its step
-    callback marks each step. One generator per image, for its starting noise and any noise a
+    The pipeline's own ``__call__`` denoises; capture is processors set on its denoiser, a step is marked at
+    each denoiser call, and the step callback keeps the final latents. One generator per image, for its starting noise and any noise a
     stochastic sampler adds: an image depends on its seed alone, not on the batch it was drawn in."""
     height = height or model.default_size
     width = width or model.default_size
@@ -545,11 +537,9 @@ def generate_batch(
             # the learned decoder's features, at the timestep it was trained at
             cond = encode_text(model.tokenizer, model.text_encoder, prompts, model.text_mask_policy)
             timestep_pass(model, captured, final["latents"], cond, seeds)
-    if model.vae is not None:
-        images = (out.float().clamp(0, 1) * 255).round()
-    else:
-        images = (out.float().clamp(-1, 1) + 1) * 127.5
-    images = images.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    # decoded by the pipeline to [0, 1]; in pixel space the latents themselves, in [-1, 1]
+    scaled = out.float().clamp(0, 1) * 255 if model.vae is not None else (out.float().clamp(-1, 1) + 1) * 127.5
+    images = scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     input_ids, _ = tokenize(model.tokenizer, prompts)
     return GeneratedBatch(images, prompts, [int(s) for s in seeds], input_ids, captured)
 
