@@ -575,6 +575,17 @@ class SyntheticMixDataset:
                 sample = self.augment.blur(sample, rng)
         return self.synthetic_transform(sample) if self.synthetic_transform else sample
 
+    def synthetic_example(self, tries: int = 8) -> Any | None:
+        """The first readable pool sample as training gets it (classes mapped, transform applied, not augmented),
+        uncounted: what start-up checks map once. None if the pool is empty or its first `tries` are unreadable."""
+        for j in range(min(self.pool_size, tries)):
+            assert self.pool is not None
+            sample = self.pool.read(j)
+            if sample is not None:
+                sample = self._map_classes(sample)
+                return self.synthetic_transform(sample) if self.synthetic_transform else sample
+        return None
+
     def _real_item(self, index: int, j: int, epoch: int) -> Any:
         item = self.real[j]
         aug = self.augment

@@ -18,6 +18,11 @@ D2_SCRIPT_LINES = (
     "(tools/train_net.py in synthaug is detectron2's script with exactly these lines)."
 )
 
+MASK2FORMER_LINE = (
+    "\nIn your own Mask2Former train_net.py, also call synthaug.integrations.detectron2.mask2former."
+    "import_mask2former()\nbefore it imports mask2former (it stands in for compiled ops this machine lacks, each logged)."
+)
+
 
 def config_kind(config: str) -> str:
     """'mmseg', 'detectron2-yacs' or 'detectron2-lazy': a YAML file is yacs; a Python file that imports
@@ -50,13 +55,64 @@ def check_output(config: str, out: Path) -> None:
         )
 
 
+#: INPUT.DATASET_MAPPER_NAME (Mask2Former's script) -> SYNTHAUG.TASK; the panoptic mappers have none
+MAPPER_TASKS = {
+    "mask_former_semantic": "sem_seg",
+    "mask_former_instance": "instance",
+    "coco_instance_lsj": "instance",
+}
+SEMANTIC_ARCHITECTURES = ("SemanticSegmentor",)
+
+
+def yacs_value(config: Path, *keys: str, depth: int = 0) -> object:
+    """A key of a yacs YAML file, following its `_BASE_` chain as detectron2 does (the file's value wins).
+    Read as text (no detectron2 import); tags such as `!!python/object/apply:eval` read as None."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    try:
+        data = yaml.load(config.read_text(), Loader=Loader) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    node = data
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    if node is not None or depth > 10 or not isinstance(data.get("_BASE_"), str):
+        return node
+    return yacs_value((config.parent / data["_BASE_"]).resolve(), *keys, depth=depth + 1)
+
+
+def yacs_task(config: Path) -> tuple[str, str]:
+    """SYNTHAUG.TASK for a yacs config, and why: from Mask2Former's INPUT.DATASET_MAPPER_NAME or the model's
+    META_ARCHITECTURE; 'instance' (the default) otherwise. A panoptic mapper cannot read synthetic items."""
+    mapper = yacs_value(config, "INPUT", "DATASET_MAPPER_NAME")
+    if isinstance(mapper, str):
+        if mapper in MAPPER_TASKS:
+            return MAPPER_TASKS[mapper], f"INPUT.DATASET_MAPPER_NAME is {mapper}"
+        if "panoptic" in mapper:
+            raise ValueError(
+                f"{config}: INPUT.DATASET_MAPPER_NAME {mapper} reads panoptic labels (pan_seg_file_name, "
+                "segments_info), which synthetic samples do not have. Mix into a semantic or instance config "
+                f"({', '.join(MAPPER_TASKS)})"
+            )
+    arch = yacs_value(config, "MODEL", "META_ARCHITECTURE")
+    if arch in SEMANTIC_ARCHITECTURES:
+        return "sem_seg", f"MODEL.META_ARCHITECTURE is {arch}"
+    return "instance", "instance masks (set sem_seg for a semantic segmentation model)"
+
+
 def yacs_text(config: str, store: str, ratio: float, out: Path, seed: int) -> str:
     base = os.path.relpath(Path(config).resolve(), Path(out).resolve().parent)
+    task, why = yacs_task(Path(config))
     return (
         f"# Made by `synthaug wrap-config`: {config} plus synthetic samples from {store}.\n"
         f'_BASE_: "{base}"\n'
         "SYNTHAUG:\n"
         f"  STORE: {json.dumps(store)}\n"
+        f'  TASK: "{task}"  # {why}\n'
         f"  RATIO: {ratio}\n"
         f"  SEED: {seed}\n"
         '  # CLASS_MAP: ["store_name=dataset_name"]  # for store classes whose names differ from the dataset\'s\n'
@@ -94,8 +150,13 @@ def wrap_config(config: str, store: str, ratio: float, out: Path | None, seed: i
     check_output(config, out)
     if kind == "detectron2-yacs":
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yacs_text(config, store, ratio, out, seed))
-        return f"wrote {out}; train with: python train_net.py --config-file {out}\n{D2_SCRIPT_LINES}"
+        text = yacs_text(config, store, ratio, out, seed)
+        out.write_text(text)
+        script = "train_net.py"
+        if yacs_value(Path(config), "MODEL", "META_ARCHITECTURE") == "MaskFormer":
+            script = "tools/mask2former_train_net.py"
+        lines = D2_SCRIPT_LINES + (MASK2FORMER_LINE if script != "train_net.py" else "")
+        return f"wrote {out}; train with: python {script} --config-file {out}\n{lines}"
     from synthaug.integrations.mmseg.wrap_config import write_mix_config
 
     write_mix_config(config, store, ratio, Path(out), seed, interval)

@@ -22,6 +22,50 @@ def test_yacs_config_gets_a_yaml_that_inherits_it(tmp_path, capsys):
     assert "add_synthaug_config(cfg)" in capsys.readouterr().out
 
 
+def test_yacs_task_follows_the_configs_mapper_or_model(tmp_path, capsys):
+    """SYNTHAUG.TASK is read from the config's _BASE_ chain: Mask2Former's semantic mapper and detectron2's
+    SemanticSegmentor train on sem_seg, instance mappers and Mask R-CNN on instances; the child's value wins, and
+    YAML tags such as Mask2Former's `!!python/object/apply:eval` do not stop the reading."""
+    configs = ROOT / "configs" / "detectron2"
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        'MODEL:\n  META_ARCHITECTURE: "SemanticSegmentor"\nINPUT:\n'
+        '  MIN_SIZE_TRAIN: !!python/object/apply:eval ["[int(x * 0.1 * 512) for x in range(5, 21)]"]\n'
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\nINPUT:\n  DATASET_MAPPER_NAME: "coco_instance_lsj"\n')
+    (tmp_path / "sub").mkdir()
+    grandchild = tmp_path / "sub" / "grandchild.yaml"  # nothing of its own: the base's base decides
+    grandchild.write_text('_BASE_: "../base.yaml"\nSOLVER:\n  MAX_ITER: 5\n')
+    cases = [
+        (configs / "mask2former_R50_ade20k_semantic.yaml", "sem_seg", "tools/mask2former_train_net.py"),
+        (configs / "mask2former_R50_coco_instance.yaml", "instance", "tools/mask2former_train_net.py"),
+        (configs / "toy_mask_rcnn_real.yaml", "instance", "python train_net.py"),
+        (base, "sem_seg", "python train_net.py"),
+        (child, "instance", "python train_net.py"),
+        (grandchild, "sem_seg", "python train_net.py"),
+    ]
+    for k, (config, task, script) in enumerate(cases):
+        out = tmp_path / f"mix{k}.yaml"
+        assert cli(["wrap-config", str(config), "--store", "s", "--ratio", "0.3", "-o", str(out)]) == 0
+        assert f'TASK: "{task}"' in out.read_text(), config
+        printed = capsys.readouterr().out
+        assert script in printed and ("import_mask2former()" in printed) == ("mask2former" in script)
+
+
+def test_a_panoptic_mask2former_config_is_refused_naming_the_mapper(tmp_path, capsys):
+    config = tmp_path / "panoptic.yaml"
+    config.write_text(
+        '_BASE_: "%s"\nINPUT:\n  DATASET_MAPPER_NAME: "mask_former_panoptic"\n'
+        % (ROOT / "configs" / "detectron2" / "mask2former_R50_ade20k_semantic.yaml")
+    )
+    out = tmp_path / "mix.yaml"
+    assert cli(["wrap-config", str(config), "--store", "s", "--ratio", "0.3", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "mask_former_panoptic" in err and "pan_seg_file_name" in err and "mask_former_semantic" in err
+    assert not out.exists()
+
+
 def test_lazy_config_gets_the_lines_to_add(capsys):
     lazy = ROOT / "configs" / "detectron2" / "coco_mask_rcnn_R_50_FPN_mix_lazy.py"
     assert cli(["wrap-config", str(lazy), "--store", "data/s", "--ratio", "0.3"]) == 0

@@ -38,6 +38,8 @@ BUILD_TOOLS = ("pip>=23", "setuptools>=70,<81", "wheel>=0.40")
 SAL_DETECTRON2 = "sal-detectron2==0.7.2"
 DETECTRON2_GIT = "git+https://github.com/facebookresearch/detectron2.git"
 MMCV_FULL = "mmcv==2.1.0"
+MASKFORMER2 = "maskformer2==0.1"  # Mask2Former for detectron2 (synthaug.integrations.detectron2.mask2former)
+TIMM = "timm>=1.0,<2"
 MMCV_INDEX = "https://download.openmmlab.com/mmcv/dist/{cuda}/torch{torch}/index.html"
 
 
@@ -209,8 +211,8 @@ def everything_present(python: Path) -> bool:
     """True when synthaug (editable, from this checkout) and every package the tests need import."""
     where = probe(
         python,
-        "import synthaug, mmseg, mim, diffusers, pytest, detectron2, fvcore, pydensecrf.densecrf; "
-        "print(synthaug.__file__)",
+        "import synthaug, mmseg, mim, diffusers, pytest, detectron2, fvcore, pydensecrf.densecrf, timm; "
+        "import importlib.util as u; assert u.find_spec('mask2former'); print(synthaug.__file__)",
     )
     return where is not None and Path(where).resolve().is_relative_to(ROOT)
 
@@ -317,6 +319,19 @@ def step_detectron2_fallback(python: Path) -> None:
         )
 
 
+def step_mask2former(python: Path) -> None:
+    """Mask2Former for detectron2 (the `maskformer2` sdist) and timm, which its Swin backbone imports. Without its
+    dependencies: they are GitHub archives (detectron2 among them, installed above); without build isolation:
+    its setup.py imports torch (it compiles its CUDA op only where CUDA and nvcc are present)."""
+    if probe(python, "import timm, importlib.util as u; assert u.find_spec('mask2former')") is not None:
+        say("mask2former: present")
+        return
+    say(f"mask2former: installing {MASKFORMER2} without its declared dependencies, and {TIMM}")
+    hint = f"pip install '{TIMM}' && pip install --no-deps --no-build-isolation {MASKFORMER2}"
+    run(pip(python, TIMM, *TORCH), "mask2former", TIMM, hint)
+    run(pip(python, "--no-deps", "--no-build-isolation", MASKFORMER2), "mask2former", MASKFORMER2, hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -352,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             d2_route = "official" if route == "official" and step_detectron2_official(python) else "fallback"
             if d2_route == "fallback":
                 step_detectron2_fallback(python)
+            step_mask2former(python)
     except StepFailed as err:
         say(f"FAILED: {err}")
         return 1

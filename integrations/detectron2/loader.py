@@ -10,13 +10,15 @@ synthetic samples with their labels to ``EventStorage.put_image`` (TensorBoard).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
+from synthaug.integrations.detectron2 import memory
 from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY
 from synthaug.integrations.detectron2.data import MixAsDataset, SyntheticSafeMapper
 
@@ -212,10 +214,57 @@ def wrap_train_loader(loader: Any, dataset: MixAsDataset, **options: Any) -> Syn
         )
     for m in found:
         if not isinstance(m._map_func, SyntheticSafeMapper):
+            check_mapper_fields(m._map_func, dataset.mix)
             m._map_func = SyntheticSafeMapper(m._map_func, dataset.mix)
     wrapped = SynthaugTrainLoader(loader, dataset.mix, **options)
     plan_samplers(loader, dataset.mix, wrapped.images_per_iteration)
     return wrapped
+
+
+#: detectron2's standard dataset-dict fields; a mapper error that quotes one a synthetic item lacks names it
+DATASET_FIELDS = frozenset(
+    {
+        *("file_name", "height", "width", "image_id", "annotations", "sem_seg_file_name", "pan_seg_file_name"),
+        *("segments_info", "proposal_boxes", "proposal_objectness_logits", "proposal_bbox_mode"),
+    }
+)
+
+
+def check_mapper_fields(mapper: Callable[[dict], Any], mix: SyntheticMixDataset) -> None:
+    """Map one synthetic item with the user's mapper at start. A field it needs that synthetic items cannot give
+    (a panoptic mapper's `pan_seg_file_name`) is an error naming the field, not a run that skips every synthetic
+    sample; any other failure is logged, and failing items are skipped and counted as always."""
+    item = mix.synthetic_example()
+    if not isinstance(item, dict):
+        return
+    try:
+        mapper(item)
+    except Exception as err:
+        quoted = err.args[:1] if isinstance(err, KeyError) else re.findall(r"'(\w+)'", str(err))
+        missing = [
+            f
+            for f in quoted
+            if isinstance(f, str) and f not in item and (isinstance(err, KeyError) or f in DATASET_FIELDS)
+        ]
+        if missing:
+            inner = getattr(mapper, "_obj", mapper)  # detectron2's MapDataset keeps it in a PicklableWrapper
+            name = getattr(inner, "__qualname__", None) or type(inner).__name__
+            held = ", ".join(sorted(k for k in item if k != SYNTHETIC_KEY))
+            raise ValueError(
+                f"the train mapper {name} needs the field {missing[0]!r} in each dataset dict, which synthetic items "
+                f"cannot give (they hold: {held}). Synthetic items are standard instance or semantic dataset dicts: "
+                "use a mapper that reads those (detectron2's DatasetMapper; for Mask2Former INPUT.DATASET_MAPPER_NAME "
+                "mask_former_semantic with SYNTHAUG.TASK sem_seg, or mask_former_instance / coco_instance_lsj with "
+                "SYNTHAUG.TASK instance)"
+            ) from None
+        log.warning(
+            "synthaug: a synthetic sample fails the train mapper at start (%s: %s); failing samples are skipped and "
+            "counted",
+            type(err).__name__,
+            err,
+        )
+    finally:
+        memory.drop(memory.paths_of(item))
 
 
 def lookahead_iterations(loader: Any, images_per_iteration: int) -> int:

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 pytest.importorskip("mmseg")
 
 import synthaug.integrations.mmseg  # noqa: F401  (installs the stand-ins on mmcv-lite)
+from msda_reference import reference_msda
 from synthaug.integrations.mmseg.ops_fallback import mmcv_has_compiled_ops
 
 pytestmark = pytest.mark.skipif(mmcv_has_compiled_ops(), reason="full mmcv: its own compiled ops are used")
-
-
-def reference_msda(value, shapes, locations, weights) -> torch.Tensor:
-    """Multi-scale deformable attention by its formula, one sample at a time: for each query, head, level
-    and point, the value map bilinearly interpolated at (x W - 0.5, y H - 0.5) (pixel centres; zero outside
-    the map), weighted and summed. No grid_sample: an independent check of mmcv's pure-PyTorch path."""
-    bs, _, heads, dims = value.shape
-    _, queries, _, levels, points, _ = locations.shape
-    out = torch.zeros(bs, queries, heads, dims, dtype=torch.float64)
-    starts = [0, *itertools.accumulate(h * w for h, w in shapes)]
-    for b, q, h, lvl, p in itertools.product(range(bs), range(queries), range(heads), range(levels), range(points)):
-        height, width = shapes[lvl]
-        grid = value[b, starts[lvl] : starts[lvl + 1], h].double().view(height, width, dims)
-        x = locations[b, q, h, lvl, p, 0].item() * width - 0.5
-        y = locations[b, q, h, lvl, p, 1].item() * height - 0.5
-        x0, y0 = int(torch.floor(torch.tensor(x))), int(torch.floor(torch.tensor(y)))
-        sample = torch.zeros(dims, dtype=torch.float64)
-        for xi, yi in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
-            if 0 <= xi < width and 0 <= yi < height:
-                sample += (1 - abs(x - xi)) * (1 - abs(y - yi)) * grid[yi, xi]
-        out[b, q, h] += weights[b, q, h, lvl, p].item() * sample
-    return out.view(bs, queries, heads * dims)
 
 
 def test_pure_pytorch_deformable_attention_equals_the_reference_formula():
