@@ -64,9 +64,11 @@ MAPPER_TASKS = {
 SEMANTIC_ARCHITECTURES = ("SemanticSegmentor",)
 
 
-def yacs_value(config: Path, *keys: str, depth: int = 0) -> object:
-    """A key of a yacs YAML file, following its `_BASE_` chain as detectron2 does (the file's value wins).
-    Read as text (no detectron2 import); tags such as `!!python/object/apply:eval` read as None."""
+def yacs_merged(config: Path, depth: int = 0) -> dict:
+    """A yacs YAML file merged over its `_BASE_` chain as fvcore merges it (a path relative to the file, `~`
+    expanded, or a list of bases merged in order; the file's own keys win). Read as text, importing no
+    framework; tags such as `!!python/object/apply:eval` read as None. {} for a file that is missing, not
+    YAML or not a mapping (the trainer will say why when it loads it)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -74,21 +76,46 @@ def yacs_value(config: Path, *keys: str, depth: int = 0) -> object:
 
     Loader.add_multi_constructor("", lambda loader, suffix, node: None)
     try:
-        data = yaml.load(config.read_text(), Loader=Loader) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    node = data
+        data = yaml.load(config.read_text(), Loader=Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    if not isinstance(data, dict) or depth > 16:
+        return data if isinstance(data, dict) else {}
+    bases = data.pop("_BASE_", None)
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []:
+        if isinstance(base, str):
+            path = Path(os.path.expanduser(base))
+            merge_into(merged, yacs_merged(path if path.is_absolute() else config.parent / path, depth + 1))
+    merge_into(merged, data)
+    return merged
+
+
+def merge_into(base: dict, top: dict) -> None:
+    """Merge mapping `top` into `base`, nested mappings key by key, `top`'s values winning."""
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_into(base[key], value)
+        else:
+            base[key] = value
+
+
+def yacs_value(config: Path, *keys: str) -> object:
+    """A key of a yacs YAML file after its `_BASE_` chain (yacs_merged); None where it is not set."""
+    node: object = yacs_merged(Path(config))
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
-    if node is not None or depth > 10 or not isinstance(data.get("_BASE_"), str):
-        return node
-    return yacs_value((config.parent / data["_BASE_"]).resolve(), *keys, depth=depth + 1)
+    return node
 
 
 def yacs_task(config: Path) -> tuple[str, str]:
-    """SYNTHAUG.TASK for a yacs config, and why: from Mask2Former's INPUT.DATASET_MAPPER_NAME or the model's
-    META_ARCHITECTURE; 'instance' (the default) otherwise. A panoptic mapper cannot read synthetic items."""
+    """SYNTHAUG.TASK for a yacs config, and why: from Mask2Former's INPUT.DATASET_MAPPER_NAME (its default,
+    mask_former_semantic, for a MaskFormer model that names none) or the model's META_ARCHITECTURE; 'instance'
+    otherwise. A panoptic mapper cannot read synthetic items: ValueError."""
+    arch = yacs_value(config, "MODEL", "META_ARCHITECTURE")
     mapper = yacs_value(config, "INPUT", "DATASET_MAPPER_NAME")
+    if mapper is None and arch == "MaskFormer":
+        mapper = "mask_former_semantic"
     if isinstance(mapper, str):
         if mapper in MAPPER_TASKS:
             return MAPPER_TASKS[mapper], f"INPUT.DATASET_MAPPER_NAME is {mapper}"
@@ -98,7 +125,6 @@ def yacs_task(config: Path) -> tuple[str, str]:
                 "segments_info), which synthetic samples do not have. Mix into a semantic or instance config "
                 f"({', '.join(MAPPER_TASKS)})"
             )
-    arch = yacs_value(config, "MODEL", "META_ARCHITECTURE")
     if arch in SEMANTIC_ARCHITECTURES:
         return "sem_seg", f"MODEL.META_ARCHITECTURE is {arch}"
     return "instance", "instance masks (set sem_seg for a semantic segmentation model)"

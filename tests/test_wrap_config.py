@@ -37,7 +37,16 @@ def test_yacs_task_follows_the_configs_mapper_or_model(tmp_path, capsys):
     (tmp_path / "sub").mkdir()
     grandchild = tmp_path / "sub" / "grandchild.yaml"  # nothing of its own: the base's base decides
     grandchild.write_text('_BASE_: "../base.yaml"\nSOLVER:\n  MAX_ITER: 5\n')
+    listed = tmp_path / "listed.yaml"  # fvcore's list of bases, merged in order: child.yaml's mapper stays
+    listed.write_text('_BASE_: ["child.yaml", "base.yaml"]\n')
+    maskformer = tmp_path / "maskformer.yaml"  # no mapper named: Mask2Former's default, mask_former_semantic
+    maskformer.write_text('MODEL:\n  META_ARCHITECTURE: "MaskFormer"\n')
+    not_a_mapping = tmp_path / "list.yaml"
+    not_a_mapping.write_text("- 1\n- 2\n")
     cases = [
+        (listed, "instance", "python train_net.py"),
+        (maskformer, "sem_seg", "tools/mask2former_train_net.py"),
+        (not_a_mapping, "instance", "python train_net.py"),
         (configs / "mask2former_R50_ade20k_semantic.yaml", "sem_seg", "tools/mask2former_train_net.py"),
         (configs / "mask2former_R50_coco_instance.yaml", "instance", "tools/mask2former_train_net.py"),
         (configs / "toy_mask_rcnn_real.yaml", "instance", "python train_net.py"),

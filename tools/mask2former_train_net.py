@@ -4,10 +4,11 @@
     python tools/mask2former_train_net.py --config-file configs/detectron2/mask2former_R50_ade20k_semantic_mix.yaml \
         SYNTHAUG.STORE data/my_store SYNTHAUG.RATIO 0.3
 
-As in Mask2Former's own train_net.py: the train mapper is the one INPUT.DATASET_MAPPER_NAME names,
-AdamW with the backbone at SOLVER.BACKBONE_MULTIPLIER and no weight decay on norms and embeddings,
-full-model gradient clipping, DeepLab's poly LR schedule, and the evaluator the test dataset's
-`evaluator_type` asks for. If you keep your copy of Mask2Former's script, add the two synthaug lines
+As in Mask2Former's own train_net.py: the train mapper is the one INPUT.DATASET_MAPPER_NAME names
+(detectron2's default for another name), AdamW or SGD with the backbone at SOLVER.BACKBONE_MULTIPLIER and
+no weight decay on norms and embeddings, full-model gradient clipping (SOLVER.CLIP_GRADIENTS.NORM_TYPE is
+honoured; Mask2Former's script always takes the 2-norm), DeepLab's LR schedulers (WarmupPolyLR among
+them), and semantic and instance evaluators (sem_seg, cityscapes_sem_seg, coco, cityscapes_instance). If you keep your copy of Mask2Former's script, add the two synthaug lines
 to it: `add_synthaug_config(cfg)` in setup() and `@with_synthaug` on its Trainer (plus
 `import_mask2former()` on a machine without the compiled ops).
 """
@@ -15,17 +16,26 @@ to it: `add_synthaug_config(cfg)` in setup() and `@with_synthaug` on its Trainer
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
 from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from synthaug.integrations.detectron2 import add_synthaug_config, load_sem_seg_gt, with_synthaug
-from synthaug.integrations.detectron2.mask2former import import_mask2former
+from synthaug.integrations.detectron2.mask2former import import_mask2former, log_stand_ins
 
 mask2former = import_mask2former()  # synthaug: Mask2Former without compiled ops, each stand-in logged
 
@@ -48,8 +58,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         name = cfg.INPUT.DATASET_MAPPER_NAME
-        if name not in MAPPERS:
-            raise ValueError(f"INPUT.DATASET_MAPPER_NAME {name!r} is not one of Mask2Former's: {sorted(MAPPERS)}")
+        if name not in MAPPERS:  # as Mask2Former's script: detectron2's default mapper
+            return super().build_train_loader(cfg)
         return build_detection_train_loader(cfg, mapper=MAPPERS[name](cfg, True))
 
     @classmethod
@@ -83,7 +93,8 @@ class Trainer(DefaultTrainer):
         else:
             raise ValueError(f"SOLVER.OPTIMIZER {kind!r}: Mask2Former's script knows SGD and ADAMW")
         clip = s.CLIP_GRADIENTS
-        if clip.ENABLED and clip.CLIP_TYPE == "full_model":  # one norm over every parameter, as Mask2Former clips
+        # one norm over every parameter, as Mask2Former clips; a CLIP_VALUE <= 0 turns it off, as there
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model" and clip.CLIP_VALUE > 0:
             optimizer_cls = full_model_clipping(optimizer_cls, clip.CLIP_VALUE, clip.NORM_TYPE)
         optimizer = optimizer_cls(groups, s.BASE_LR, **kwargs)
         if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
@@ -92,6 +103,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Semantic (`sem_seg`, `cityscapes_sem_seg`) and instance (`coco`, `cityscapes_instance`) evaluation;
+        the panoptic types are left to Mask2Former's own script (synthaug trains semantic and instance tasks)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         if kind == "sem_seg":
@@ -105,6 +118,10 @@ class Trainer(DefaultTrainer):
             )
         if kind == "coco":
             return DatasetEvaluators([COCOEvaluator(dataset_name, output_dir=output_folder)])
+        if kind == "cityscapes_sem_seg":
+            return CityscapesSemSegEvaluator(dataset_name)
+        if kind == "cityscapes_instance":
+            return CityscapesInstanceEvaluator(dataset_name)
         raise NotImplementedError(f"no evaluator here for {dataset_name} (evaluator_type {kind!r})")
 
 
@@ -130,6 +147,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
+    log_stand_ins(logging.getLogger("detectron2"))  # synthaug: what import_mask2former() stood in for, to log.txt
     return cfg
 
 

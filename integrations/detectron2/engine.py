@@ -82,6 +82,7 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
     s, a = cfg.SYNTHAUG, cfg.SYNTHAUG.AUGMENT
     if not s.STORE:
         raise ValueError("SYNTHAUG.STORE is empty: set it to a store path (or do not use the synthaug trainer)")
+    check_task_fits_mapper(cfg)
     augment = {
         "splice": {"p_grid": a.SPLICE_P_GRID},
         "blur": {"p_gaussian": a.BLUR_P_GAUSSIAN, "p_motion": a.BLUR_P_MOTION, "p_edge": a.BLUR_P_EDGE},
@@ -116,6 +117,26 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
         )
     except ValueError as err:
         raise ValueError(f"SYNTHAUG config: {err}") from None
+
+
+def check_task_fits_mapper(cfg: CfgNode) -> None:
+    """Mask2Former's INPUT.DATASET_MAPPER_NAME decides the task its mapper reads: SYNTHAUG.TASK must be it."""
+    from synthaug.wrap_config import MAPPER_TASKS
+
+    mapper = cfg.INPUT.get("DATASET_MAPPER_NAME")
+    if not isinstance(mapper, str):
+        return
+    if "panoptic" in mapper:
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER_NAME {mapper} reads panoptic labels (pan_seg_file_name, segments_info), which "
+            f"synthetic samples do not have: train with one of {sorted(MAPPER_TASKS)} to mix them in"
+        )
+    task = MAPPER_TASKS.get(mapper)
+    if task is not None and task != cfg.SYNTHAUG.TASK:
+        raise ValueError(
+            f"SYNTHAUG.TASK {cfg.SYNTHAUG.TASK} does not fit INPUT.DATASET_MAPPER_NAME {mapper}, which reads {task} "
+            f"labels: set SYNTHAUG.TASK {task}"
+        )
 
 
 def producer_from_cfg(cfg: CfgNode) -> SyntheticProducerHook | None:

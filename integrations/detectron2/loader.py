@@ -10,6 +10,7 @@ synthetic samples with their labels to ``EventStorage.put_image`` (TensorBoard).
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -230,41 +231,73 @@ DATASET_FIELDS = frozenset(
 )
 
 
+#: what a mapped item trains on; a synthetic item mapped without one a mapped real item has would break training
+TRAINING_TARGETS = ("image", "instances", "sem_seg")
+
+
 def check_mapper_fields(mapper: Callable[[dict], Any], mix: SyntheticMixDataset) -> None:
-    """Map one synthetic item with the user's mapper at start. A field it needs that synthetic items cannot give
-    (a panoptic mapper's `pan_seg_file_name`) is an error naming the field, not a run that skips every synthetic
-    sample; any other failure is logged, and failing items are skipped and counted as always."""
+    """Map one synthetic item (and one real item, for comparison) with the user's mapper at start. A dataset-dict
+    field the mapper needs that synthetic items lack (a panoptic mapper's `pan_seg_file_name`), or a training
+    target the real item gets and the synthetic one does not (a task that does not fit the mapper), is an error
+    naming it, not a run that skips every synthetic sample. Other failures are logged; failing items are then
+    skipped and counted as always. Random states are restored, so the probe changes no draw of the run."""
     item = mix.synthetic_example()
     if not isinstance(item, dict):
         return
+    real = mix.real[0] if len(mix.real) and isinstance(mix.real[0], dict) else None
+    inner = getattr(mapper, "_obj", mapper)  # detectron2's MapDataset keeps it in a PicklableWrapper
+    name = getattr(inner, "__qualname__", None) or type(inner).__name__
+    states = np.random.get_state(), random.getstate(), torch.get_rng_state()
     try:
-        mapper(item)
-    except Exception as err:
-        quoted = err.args[:1] if isinstance(err, KeyError) else re.findall(r"'(\w+)'", str(err))
-        missing = [
-            f
-            for f in quoted
-            if isinstance(f, str) and f not in item and (isinstance(err, KeyError) or f in DATASET_FIELDS)
-        ]
-        if missing:
-            inner = getattr(mapper, "_obj", mapper)  # detectron2's MapDataset keeps it in a PicklableWrapper
-            name = getattr(inner, "__qualname__", None) or type(inner).__name__
+        try:
+            out = mapper(item)
+        except Exception as err:
+            quoted = err.args[:1] if isinstance(err, KeyError) else re.findall(r"'(\w+)'", str(err))
+            missing = [f for f in quoted if f in DATASET_FIELDS and f not in item]
+            if not missing:
+                log.warning(
+                    "synthaug: a synthetic sample fails the train mapper %s at start (%s: %s); failing samples are "
+                    "skipped and counted",
+                    name,
+                    type(err).__name__,
+                    err,
+                )
+                return
             held = ", ".join(sorted(k for k in item if k != SYNTHETIC_KEY))
+            whose = (
+                "which neither the real dataset's dicts nor synthetic items have: the mapper does not fit the dataset"
+                if real is not None and missing[0] not in real
+                else f"which synthetic items cannot give (they hold: {held})"
+            )
             raise ValueError(
-                f"the train mapper {name} needs the field {missing[0]!r} in each dataset dict, which synthetic items "
-                f"cannot give (they hold: {held}). Synthetic items are standard instance or semantic dataset dicts: "
-                "use a mapper that reads those (detectron2's DatasetMapper; for Mask2Former INPUT.DATASET_MAPPER_NAME "
-                "mask_former_semantic with SYNTHAUG.TASK sem_seg, or mask_former_instance / coco_instance_lsj with "
-                "SYNTHAUG.TASK instance)"
+                f"the train mapper {name} needs the field {missing[0]!r} in each dataset dict, {whose}. Synthetic "
+                "items are standard instance or semantic dataset dicts: use a mapper that reads those (detectron2's "
+                "DatasetMapper; for Mask2Former INPUT.DATASET_MAPPER_NAME mask_former_semantic with SYNTHAUG.TASK "
+                "sem_seg, or mask_former_instance / coco_instance_lsj with SYNTHAUG.TASK instance)"
             ) from None
-        log.warning(
-            "synthaug: a synthetic sample fails the train mapper at start (%s: %s); failing samples are skipped and "
-            "counted",
-            type(err).__name__,
-            err,
-        )
+        if real is None or not isinstance(out, dict):
+            return
+        try:
+            real_out = mapper(dict(real))
+        except Exception:  # the real item's own trouble is the run's to report, not the probe's
+            return
+        lacking = [k for k in TRAINING_TARGETS if isinstance(real_out, dict) and k in real_out and k not in out]
+        if lacking:
+            raise ValueError(
+                f"the train mapper {name} gives real items {lacking[0]!r} but synthetic items none: synthetic items "
+                f"are made for SYNTHAUG.TASK / task {mix_task(item)!r}, which this mapper does not read. Set the task "
+                "this mapper trains (instance: annotations; sem_seg: sem_seg_file_name)"
+            )
     finally:
         memory.drop(memory.paths_of(item))
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+        torch.set_rng_state(states[2])
+
+
+def mix_task(item: dict) -> str:
+    """The task a synthetic dataset dict was made for: 'sem_seg' if it names a label file, else 'instance'."""
+    return "sem_seg" if "sem_seg_file_name" in item else "instance"
 
 
 def lookahead_iterations(loader: Any, images_per_iteration: int) -> int:

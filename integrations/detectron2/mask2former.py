@@ -5,9 +5,9 @@
 - detectron2 built without its compiled ``_C`` (the pure-Python route): ``mask2former`` imports
   ``detectron2.evaluation.fast_eval_api``, which needs ``_C``. A stand-in whose ``COCOeval_opt`` is
   pycocotools' ``COCOeval`` (what detectron2's own COCOEvaluator falls back to) takes its place.
-- the ``MultiScaleDeformableAttention`` op not compiled (no CUDA build): the pixel decoder calls the
-  package's own pure-PyTorch ``ms_deform_attn_core_pytorch`` directly, instead of reaching it through a bare
-  ``except`` around the missing op on every call (which would also hide real errors).
+- the ``MultiScaleDeformableAttention`` op not compiled (no CUDA build): the pixel decoder's attention
+  function is the package's own pure-PyTorch ``ms_deform_attn_core_pytorch``, in place of the missing op,
+  which the package would otherwise reach only by failing into a bare ``except`` on every call.
 - maskformer2 0.1 as published on PyPI: its ``SetCriterion`` takes ``class_weight, mask_weight, dice_weight,
   num_layers`` while its own ``MaskFormer.from_config`` passes ``weight_dict`` (a TypeError when the model is
   built). The model's call is translated into the same weights.
@@ -24,12 +24,29 @@ import types
 from typing import Any
 
 log = logging.getLogger(__name__)
+#: What import_mask2former() stood in for, in words (log_stand_ins writes them to a logger set up later).
+STAND_INS: list[str] = []
+
+
+def stood_in(message: str) -> None:
+    """Log a stand-in now (stderr before any logging set-up) and keep it for log_stand_ins."""
+    if message not in STAND_INS:
+        STAND_INS.append(message)
+    log.warning(message)
+
+
+def log_stand_ins(logger: logging.Logger) -> None:
+    """Write what import_mask2former() stood in for to `logger` (e.g. detectron2's, once it writes log.txt)."""
+    for message in STAND_INS:
+        logger.warning(message)
+
 
 INSTALL_HINT = (
     "Mask2Former for detectron2 is the `maskformer2` package (import name `mask2former`). `python "
     "tools/setup_env.py` installs it beside detectron2; by hand: `pip install timm` and then `pip install --no-deps "
     "--no-build-isolation maskformer2==0.1` (its declared dependencies are GitHub archives; detectron2 comes "
-    "from synthaug's detectron2 route). A checkout of facebookresearch/Mask2Former on PYTHONPATH works too."
+    "from synthaug's detectron2 route). A checkout of facebookresearch/Mask2Former works too where its "
+    "MultiScaleDeformableAttention op is compiled (its import fails without it)."
 )
 
 
@@ -70,7 +87,7 @@ def add_fast_eval_stand_in() -> bool:
     stand_in.COCOeval_opt = COCOeval
     stand_in.SYNTHAUG_STAND_IN = True
     sys.modules[name] = stand_in
-    log.warning(
+    stood_in(
         "synthaug: detectron2 has no compiled _C here: Mask2Former's instance evaluator uses pycocotools' COCOeval "
         "in place of detectron2's fast COCOeval_opt (same figures, slower)"
     )
@@ -96,7 +113,7 @@ def route_deformable_attention(functions: types.ModuleType, modules: types.Modul
         return "compiled"
     if not isinstance(modules.MSDeformAttnFunction, PyTorchMSDeformAttnFunction):
         modules.MSDeformAttnFunction = PyTorchMSDeformAttnFunction(functions.ms_deform_attn_core_pytorch)
-        log.warning(
+        stood_in(
             "synthaug: Mask2Former's MultiScaleDeformableAttention op is not compiled here: its pixel decoder runs "
             "the pure-PyTorch multi-scale deformable attention (the same computation; slower, more memory)"
         )
@@ -138,7 +155,7 @@ def adapt_criterion(model_module: types.ModuleType) -> bool:
                 )
 
     model_module.SetCriterion = SetCriterion
-    log.warning(
+    stood_in(
         "synthaug: this maskformer2's SetCriterion does not take the weight_dict its own MaskFormer passes "
         "(maskformer2 0.1 on PyPI): the criterion is built from the same weights through an adapter"
     )

@@ -21,7 +21,16 @@ from detectron2.engine import default_argument_parser
 from msda_reference import reference_msda
 from synthaug.integrations.detectron2 import mask2former as m2f
 from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY, register_coco_entries
-from test_detectron2_stock import TOY, expected_things, poly_entry, register_sem, store_truth
+from test_detectron2_stock import (
+    REAL,
+    TOY,
+    expected_things,
+    poly_entry,
+    register_sem,
+    reordered_store,
+    store_truth,
+    unit_dataset,
+)
 
 m2f.import_mask2former()
 
@@ -120,6 +129,13 @@ def test_pure_pytorch_deformable_attention_equals_the_reference_formula():
     assert torch.allclose(got.double(), reference_msda(value, shapes, locations, weights), atol=1e-5)
 
 
+NO_COMPILED_OPS = pytest.mark.skipif(
+    m2f.detectron2_compiled() or importlib.util.find_spec("MultiScaleDeformableAttention") is not None,
+    reason="this machine has the compiled ops: the stand-ins are not used",
+)
+
+
+@NO_COMPILED_OPS
 def test_the_pixel_decoder_runs_pytorch_attention_only_when_the_compiled_op_is_absent(caplog):
     """Without the op the decoder's MSDeformAttn calls the pure-PyTorch function directly (logged); with an op
     present (a stand-in module object here) the package's compiled path is left as it is."""
@@ -175,6 +191,7 @@ def test_the_criterion_gets_the_loss_weights_the_model_asks_for():
     assert model.criterion.num_classes == 4 and model.criterion.eos_coef == f.NO_OBJECT_WEIGHT
 
 
+@NO_COMPILED_OPS
 def test_without_detectron2_compiled_ops_the_instance_evaluator_uses_pycocotools():
     import sys
 
@@ -202,12 +219,14 @@ def test_missing_maskformer2_names_the_install(monkeypatch):
 
 @pytest.mark.slow
 def test_ade20k_semantic_config_trains_with_exact_synthetic_classes_at_the_criterion(world, tmp_path):
+    """The store lists the classes in another order than the dataset: what reaches the criterion is in the
+    dataset's ids (the truth keeps the toy ids, which are the dataset's order)."""
     register_sem(world, "toy_sem_train", "train", TOY)
+    store, truth = reordered_store(tmp_path / "store", ["square", "triangle", "background", "circle"])
     train_net = load_train_net()
     opts = [*TINY, *SEMANTIC, "DATASETS.TRAIN", "('toy_sem_train',)", "DATASETS.TEST", "()"]
-    cfg = setup_cfg(train_net, "mask2former_R50_ade20k_semantic_mix.yaml", [*opts, "SYNTHAUG.STORE", str(world / "store"), "OUTPUT_DIR", str(tmp_path)])  # fmt: skip
+    cfg = setup_cfg(train_net, "mask2former_R50_ade20k_semantic_mix.yaml", [*opts, "SYNTHAUG.STORE", str(store), "OUTPUT_DIR", str(tmp_path / "out")])  # fmt: skip
     assert cfg.INPUT.DATASET_MAPPER_NAME == "mask_former_semantic" and cfg.INPUT.COLOR_AUG_SSD
-    truth = store_truth(world / "store")
 
     def expect(sample_id: str, classes: list[int]) -> None:  # 64 px renders, crop 64: every class stays
         mask = truth[sample_id].mask
@@ -267,13 +286,80 @@ def test_coco_instance_config_trains_with_dataset_ids_at_the_criterion(world, tm
 # ------------------------------------------------------------------------------------- a mapper synthaug cannot feed
 
 
-def test_a_mapper_that_needs_a_field_synthetic_items_lack_is_named_at_start(world, tmp_path):
-    """Mask2Former's panoptic mapper reads `pan_seg_file_name`, which synthetic items cannot give: the train
-    loader fails at start naming the field and the mappers that work, not silently skipping every sample."""
+def test_a_panoptic_mapper_is_named_at_start(world, tmp_path):
+    """Mask2Former's panoptic mappers read `pan_seg_file_name` and `segments_info`, which synthetic items cannot
+    give: the train loader fails at start naming them, not silently skipping every sample."""
     register_sem(world, "toy_sem_train", "train", TOY)
     train_net = load_train_net()
     opts = [*TINY, *SEMANTIC, "DATASETS.TRAIN", "('toy_sem_train',)", "DATASETS.TEST", "()"]
     opts += ["INPUT.DATASET_MAPPER_NAME", "mask_former_panoptic", "SYNTHAUG.STORE", str(world / "store")]
     cfg = setup_cfg(train_net, "mask2former_R50_ade20k_semantic_mix.yaml", [*opts, "OUTPUT_DIR", str(tmp_path)])
-    with pytest.raises(ValueError, match=r"MaskFormerPanopticDatasetMapper(.|\n)*'pan_seg_file_name'"):
+    with pytest.raises(ValueError, match=r"mask_former_panoptic reads panoptic labels \(pan_seg_file_name"):
+        train_net.Trainer.build_train_loader(cfg)
+
+
+def semantic_mix(tmp_path):
+    """A sem_seg mix of the toy store over real dicts with annotations (REAL: one real image's dicts)."""
+    from synthaug.integrations.detectron2 import build_mix
+
+    store, _ = reordered_store(tmp_path / "s", TOY)
+    return build_mix(unit_dataset("unit_stuff", "stuff_classes", TOY), str(store), "sem_seg", 0.5, real_dicts=REAL)
+
+
+def test_the_probe_blames_only_dataset_fields_and_restores_random_states(tmp_path, caplog):
+    """A KeyError of something else (a lookup table's 'dog') is not a missing field: logged, training goes on.
+    The probe leaves numpy's, Python's and torch's random states as they were."""
+    import random
+
+    from synthaug.integrations.detectron2.loader import check_mapper_fields
+
+    mix = semantic_mix(tmp_path).mix
+
+    def unrelated(d):
+        np.random.rand(), random.random(), torch.rand(1)
+        return {"lut": 1}["dog"]
+
+    np.random.seed(5)
+    random.seed(5)
+    torch.manual_seed(5)
+    with caplog.at_level(logging.WARNING):
+        check_mapper_fields(unrelated, mix)
+    assert "fails the train mapper" in caplog.text and "'dog'" in caplog.text
+    assert np.random.rand() == np.random.RandomState(5).rand()
+    assert random.random() == random.Random(5).random()
+    assert torch.equal(torch.rand(1), torch.rand(1, generator=torch.Generator().manual_seed(5)))
+
+    def needs_pan(d):
+        return d["pan_seg_file_name"]
+
+    with pytest.raises(ValueError, match=r"needs the field 'pan_seg_file_name'.*neither the real dataset's dicts"):
+        check_mapper_fields(needs_pan, mix)
+
+
+def test_the_probe_names_a_target_synthetic_items_do_not_get(tmp_path):
+    """A mapper that gives real items `instances` (from their annotations) and sem_seg synthetic items none: the
+    task does not fit the mapper, and the start says so instead of training on items without targets."""
+    from synthaug.integrations.detectron2.loader import check_mapper_fields
+
+    mix = semantic_mix(tmp_path).mix
+
+    def instance_mapper(d):
+        out = {"image": torch.zeros(3, 4, 4)}
+        if "annotations" in d:
+            out["instances"] = len(d["annotations"])
+        return out
+
+    with pytest.raises(ValueError, match=r"gives real items 'instances' but synthetic items none(.|\n)*'sem_seg'"):
+        check_mapper_fields(instance_mapper, mix)
+
+
+def test_a_task_that_does_not_fit_mask2formers_mapper_is_named(world, tmp_path):
+    register_sem(world, "toy_sem_train", "train", TOY)
+    train_net = load_train_net()
+    opts = [*TINY, *SEMANTIC, "DATASETS.TRAIN", "('toy_sem_train',)", "DATASETS.TEST", "()"]
+    opts += ["INPUT.DATASET_MAPPER_NAME", "mask_former_instance", "SYNTHAUG.STORE", str(world / "store")]
+    cfg = setup_cfg(train_net, "mask2former_R50_ade20k_semantic_mix.yaml", [*opts, "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(
+        ValueError, match=r"SYNTHAUG.TASK sem_seg does not fit INPUT.DATASET_MAPPER_NAME mask_former_instance"
+    ):
         train_net.Trainer.build_train_loader(cfg)
