@@ -8,14 +8,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from synthaug.prompts import PromptSpec, caption_prompts, template_prompts
 from synthaug.vocabulary import ClassVocabulary
 
+if TYPE_CHECKING:
+    from synthaug.layout import LayoutSettings
+
 PROMPT_SOURCES = ("toy", "templates", "captions")
+
+
+def template_fields_ok(template: object) -> bool:
+    """Whether `template` is a str whose only format field is {cls} (str.format would fail on any other)."""
+    import string
+
+    if not isinstance(template, str):
+        return False
+    try:
+        fields_ = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        return False
+    return "cls" in fields_ and set(fields_) == {"cls"}
 
 
 class ConfigError(ValueError):
@@ -30,6 +46,7 @@ class GenerationConfig:
     device: str = "cpu"
     scheduler: str | None = None
     lora: Any = None
+    layout: Any = None
     steps: int = 25
     guidance: float = 3.0
     height: int | None = None
@@ -53,6 +70,11 @@ class GenerationConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {sorted(known)}")
+        if data.get("layout") is not None and "prompts" in data:
+            raise ConfigError(
+                f"{where}: keys 'layout' and 'prompts' are both set: with 'layout' each prompt names its layout's "
+                "classes (layout.template); remove 'prompts'"
+            )
         cfg = cls(**data)
         cfg.check(where)
         return cfg
@@ -95,10 +117,53 @@ class GenerationConfig:
         need(self.method in ANNOTATORS, "method", f"must be one of {sorted(ANNOTATORS)}")
         need(self.refine in REFINERS, "refine", f"must be one of {REFINERS}")
         need(self.image_format in IMAGE_FORMATS, "image_format", f"must be one of {sorted(IMAGE_FORMATS)}")
-        if self.prompts.get("source", "toy") == "toy":
+        if self.prompts.get("source", "toy") == "toy" and self.layout is None:
             need(self.vocabulary == "toy", "vocabulary", "must be 'toy' when prompts.source is 'toy'")
         self.class_vocabulary(where)
         self.lora_weights(where)
+        self.layout_settings(where)
+
+    def layout_settings(self, where: str = "config") -> LayoutSettings | None:
+        """`layout` (synthaug.layout): masks (a folder of label PNGs), label, scale, template; None if unset."""
+        from synthaug.layout import LABELS, LayoutSettings
+
+        if self.layout is None:
+            return None
+        known = {"masks", "label", "scale", "template", "reduce_zero_label"}
+        data = self.layout
+        if not isinstance(data, dict) or not isinstance(data.get("masks"), str) or set(data) - known:
+            raise ConfigError(
+                f"{where}: key 'layout' must be a mapping with 'masks' (a folder of label PNGs) and optionally "
+                f"'label' ({' | '.join(LABELS)}), 'scale' (the ControlNet's weight), 'template' and "
+                f"'reduce_zero_label', got {data!r}"
+            )
+        settings = LayoutSettings(Path(data["masks"]), **{k: v for k, v in data.items() if k != "masks"})
+        if not settings.masks.is_dir() or not settings.files():
+            raise ConfigError(f"{where}: key 'layout.masks' {data['masks']!r} is not a folder holding .png label masks")
+        if settings.label not in LABELS:
+            raise ConfigError(f"{where}: key 'layout.label' must be one of {LABELS}, got {settings.label!r}")
+        scale = settings.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+            raise ConfigError(f"{where}: key 'layout.scale' must be a number >= 0 (1.0 by default), got {scale!r}")
+        if not template_fields_ok(settings.template):
+            raise ConfigError(
+                f"{where}: key 'layout.template' must hold '{{cls}}' where the classes go and no other "
+                f"{{...}} field (write a brace as {{{{ or }}}}), got {settings.template!r}"
+            )
+        if not isinstance(settings.reduce_zero_label, bool):
+            raise ConfigError(
+                f"{where}: key 'layout.reduce_zero_label' must be true or false, got {settings.reduce_zero_label!r}"
+            )
+        palette = self.class_vocabulary(where).palette
+        names = self.class_vocabulary(where).names
+        for i, colour in enumerate(palette):  # the control image tells classes apart by colour alone
+            if colour in palette[:i]:
+                raise ConfigError(
+                    f"{where}: key 'vocabulary.palette' gives {names[palette.index(colour)]!r} and {names[i]!r} the "
+                    f"same colour {list(colour)}: with 'layout' the ControlNet sees classes by colour; give each its "
+                    "own (the palette the ControlNet was trained with)"
+                )
+        return settings
 
     def lora_weights(self, where: str = "config") -> list:
         """`lora` as a list of LoraWeights: a path, or a list of paths or {path, scale} mappings."""
@@ -140,6 +205,11 @@ class GenerationConfig:
         num = num or self.num
         src = self.prompts.get("source", "toy")
         vocab = self.class_vocabulary()
+        layout = self.layout_settings()
+        if layout is not None:
+            from synthaug.layout import layout_prompts
+
+            return layout_prompts(layout, vocab, num, self.seed)
         if src == "toy":
             from synthaug.toy.evaluate import toy_prompts
 

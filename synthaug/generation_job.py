@@ -9,7 +9,13 @@ from tqdm import tqdm
 from synthaug.annotators import build_annotator, prepare_annotator
 from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.config import GenerationConfig
-from synthaug.generator import check_model_before_load, generate_samples, load_model, resolve_scheduler_class
+from synthaug.generator import (
+    check_model_before_load,
+    generate_samples,
+    layout_token_groups,
+    load_model,
+    resolve_scheduler_class,
+)
 from synthaug.store import STORE_FILE, StoreWriter, create_store
 
 
@@ -28,6 +34,7 @@ def samples_from_config(cfg: GenerationConfig, model, specs, annotator, batch_si
         guidance=cfg.guidance,
         height=cfg.height,
         width=cfg.width,
+        layout=cfg.layout_settings(),
     )
 
 
@@ -42,7 +49,7 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     annotator = build_annotator(cfg.method, cfg.annotator)
     prepare_annotator(annotator, vocab=vocab)
     specs = cfg.prompt_specs(num)
-    check_model_before_load(cfg.model, cfg.height, cfg.width)
+    check_model_before_load(cfg.model, cfg.height, cfg.width, layout=cfg.layout is not None)
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
     if (Path(out) / STORE_FILE).exists():  # an existing store: its vocabulary checked before the model loads
@@ -50,7 +57,7 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())
     prepare_annotator(annotator, model=model)
     for spec in specs:  # every class word found, no prompt too long for a tokenizer: before the store exists
-        model.token_groups(spec)
+        layout_token_groups(model, spec)
     create_store(out, vocab, image_format=cfg.image_format)
     samples = samples_from_config(cfg, model, specs, annotator)
     written = 0

@@ -39,6 +39,7 @@ from synthaug.text import TEXT_MASK_POLICIES, encode_text, tokenize
 
 if TYPE_CHECKING:
     from synthaug.annotators.pipeline import AnnotationPipeline
+    from synthaug.layout import LayoutSettings
 
 #: Short scheduler names accepted by ``--scheduler``; any diffusers scheduler class name works too.
 SCHEDULERS: dict[str, str] = {
@@ -372,22 +373,39 @@ def check_size(multiple: int, height: int | None, width: int | None) -> None:
             )
 
 
-def check_model_before_load(path: str | Path | None, height: int | None, width: int | None) -> None:
+def check_model_before_load(
+    path: str | Path | None, height: int | None, width: int | None, layout: bool = False
+) -> None:
     """What can be checked of a model folder from its config files alone, before anything is created or
-    loaded: that it is a supported pipeline (naming its class and the supported kinds if not) and the size
-    rule of `check_generation_inputs`."""
+    loaded: that it is a supported pipeline (naming its class and the supported kinds if not), that it takes
+    layouts if and only if `layout` is set, and the size rule of `check_generation_inputs`."""
     path = Path(path) if path is not None else default_model_path()
     index_file = path / "model_index.json"
     if not index_file.is_file():
         return  # load_model will say what is missing
     index = json.loads(index_file.read_text())
     arch = architecture_of(index.get("_class_name", "?"), f"model {path}")
+    check_layout_fits(arch, layout, f"model {path} ({index.get('_class_name')})")
     denoiser_file, vae_file = path / arch.denoiser / "config.json", path / "vae" / "config.json"
     if not denoiser_file.is_file():
         return  # load_model will say what is wrong
     has_vae = bool(index.get("vae") and index["vae"][0]) and vae_file.is_file()
     vae_cfg = json.loads(vae_file.read_text()) if has_vae else None
     check_size(size_multiple(json.loads(denoiser_file.read_text()), vae_cfg), height, width)
+
+
+def check_layout_fits(arch: Architecture, layout: bool, where: str) -> None:
+    """A ControlNet pipeline needs layouts (gen.yaml `layout`), and layouts need a ControlNet pipeline."""
+    if arch.control and not layout:
+        raise ValueError(
+            f"{where} is a ControlNet pipeline: each image is laid out by a control image. Set the gen.yaml key "
+            "'layout' (masks: a folder of label PNGs; see synthaug.layout), or use the model without its ControlNet"
+        )
+    if layout and not arch.control:
+        raise ValueError(
+            f"gen.yaml key 'layout' needs a ControlNet pipeline (StableDiffusionControlNetPipeline or "
+            f"StableDiffusionXLControlNetPipeline); {where} is not one: remove 'layout' or give a ControlNet model"
+        )
 
 
 def check_generation_inputs(
@@ -478,8 +496,12 @@ def generate_batch(
     width: int | None = None,
     capture: CaptureSpec | None = None,
     negative_prompt: str = "",
+    control: Sequence[np.ndarray] | None = None,
+    control_scale: float = 1.0,
 ) -> GeneratedBatch:
     """Run the pipeline on one batch of prompts, one seed each; capture attention per `capture` (None: none).
+    A ControlNet pipeline takes one control image per prompt, (H, W, 3) uint8 (synthaug.layout), at
+    `control_scale`.
 
     The pipeline's own ``__call__`` denoises; capture is processors set on its denoiser, a step is marked at
     each denoiser call, and the step callback keeps the final latents. One generator per image, for its starting noise and any noise a
@@ -504,6 +526,17 @@ def generate_batch(
     }
     if negative_prompt:  # else each pipeline's own default (SDXL: zeros for an empty negative prompt)
         call["negative_prompt"] = [negative_prompt] * n
+    check_layout_fits(model.arch, control is not None, type(pipe).__name__)
+    if control is not None:
+        from PIL import Image
+
+        if len(control) != n or any(c.shape != (height, width, 3) for c in control):
+            raise ValueError(
+                f"control: give one ({height}, {width}, 3) image per prompt, got {[c.shape for c in control]} "
+                f"for {n} prompts"
+            )
+        call["image"] = [Image.fromarray(np.ascontiguousarray(c)) for c in control]
+        call["controlnet_conditioning_scale"] = float(control_scale)
     f = model.vae_factor
     if model.vae is None:
         shape = (model.unet.config.in_channels, height, width)
@@ -553,8 +586,11 @@ def generate_samples(
     guidance: float = 3.0,
     height: int | None = None,
     width: int | None = None,
+    layout: LayoutSettings | None = None,
 ) -> Iterator[Sample]:
-    """Generate every prompt spec, batch by batch, and annotate each image with `pipeline`; yield Samples."""
+    """Generate every prompt spec, batch by batch, and annotate each image with `pipeline`; yield Samples.
+    With `layout` (a ControlNet pipeline), each spec's layout (its meta) lays out the image and gives the
+    label as `layout.label` says (synthaug.layout)."""
     from synthaug import __version__
     from synthaug.annotators import fit_annotator
 
@@ -563,23 +599,40 @@ def generate_samples(
     specs = list(specs)
     if not specs:
         raise ValueError("prompts is empty: give at least one prompt")
+    check_layout_fits(model.arch, layout is not None, type(model.pipe).__name__)
+    if layout is not None and any("layout" not in s.meta for s in specs):
+        raise ValueError(
+            "with a layout every prompt spec needs its layout: make them with synthaug.layout.layout_prompts"
+        )
     # Every class word must be in its prompt, and the annotator fit the model, before any model work.
     # (Only the cheap fit: callers check vocabulary and decoder once, with prepare_annotator, not per batch.)
-    groups = [model.token_groups(spec) for spec in specs]
+    groups = [layout_token_groups(model, spec) for spec in specs]
     annotator = pipeline.annotator
     fit_annotator(annotator, model.unet)
+    capture = annotator.capture if layout is None or layout.capture else None
     fingerprint = {
         **model.fingerprint(),
         "steps": steps,
         "guidance": guidance,
-        "annotator": annotator.name,
-        "annotator_params": _params_of(annotator),
-        "refine": pipeline.refine,
-        "refine_params": pipeline.refine_params,
+        "annotator": annotator.name if capture is not None else None,
+        "annotator_params": _params_of(annotator) if capture is not None else {},
+        "refine": pipeline.refine if capture is not None else None,
+        "refine_params": pipeline.refine_params if capture is not None else {},
         "synthaug": __version__,
+        **(layout.fingerprint() if layout is not None else {}),
     }
+    h, w = height or model.default_size, width or model.default_size
     for b in range(0, len(specs), batch_size):
         chunk = specs[b : b + batch_size]
+        layouts = control = None
+        if layout is not None:
+            from synthaug.layout import control_image, read_layout, resize_layout
+
+            vocab = pipeline.vocabulary
+            layouts = [
+                resize_layout(read_layout(Path(s.meta["layout"]), vocab, layout.reduce_zero_label), h, w) for s in chunk
+            ]
+            control = [control_image(m, vocab) for m in layouts]
         out = generate_batch(
             model,
             [s.text for s in chunk],
@@ -588,11 +641,22 @@ def generate_samples(
             guidance=guidance,
             height=height,
             width=width,
-            capture=annotator.capture,
+            capture=capture,
+            control=control,
+            control_scale=layout.scale if layout is not None else 1.0,
         )
         for i, spec in enumerate(chunk):
             image = out.images[i]
-            done = pipeline(out.captured, i, image, groups[b + i], [t.class_id for t in spec.targets])
+            class_ids = [t.class_id for t in spec.targets]
+            done = pipeline(out.captured, i, image, groups[b + i], class_ids) if capture is not None else None
+            if layouts is not None:
+                from synthaug.layout import layout_annotation
+
+                assert layout is not None
+                found = done.annotation if done is not None else None
+                ann, figures = layout_annotation(layouts[i], class_ids, layout.label, found, pipeline.background_id)
+                done = pipeline.finish(ann, len(class_ids), figures)
+            assert done is not None
             yield Sample(
                 image=image,
                 mask=done.mask,
@@ -602,6 +666,19 @@ def generate_samples(
                 quality=done.quality,
                 fingerprint=fingerprint,
             )
+
+
+def layout_token_groups(model: DiffusionModel, spec: PromptSpec) -> list[list[int]]:
+    """model.token_groups(spec), with the layout named when its prompt does not fit the tokenizer."""
+    try:
+        return model.token_groups(spec)
+    except ValueError as err:
+        if "layout" not in spec.meta:
+            raise
+        raise ValueError(
+            f"layout {spec.meta['layout']}: {err}. Its prompt names each of its classes: use a shorter "
+            "layout.template, or leave out layouts with this many classes"
+        ) from None
 
 
 def _params_of(annotator: Annotator) -> dict[str, Any]:

@@ -10,7 +10,7 @@ classifier-free guidance puts the negative prompt's rows first in the denoiser's
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Architecture:
     guidance_batch: bool = True
     call_options: tuple[tuple[str, Any], ...] = ()
     lowercases_prompt: bool = False
+    control: bool = False  # a ControlNet pipeline: each image is laid out by a control image (synthaug.layout)
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for every pipeline call."""
@@ -80,10 +81,19 @@ FLUX = Architecture(
     guidance_batch=False,
 )
 
+SD_CONTROLNET = replace(
+    SD, kind="sd-controlnet", description="Stable Diffusion 1.x/2.x with a ControlNet: layouts from masks", control=True
+)
+SDXL_CONTROLNET = replace(
+    SDXL, kind="sdxl-controlnet", description="Stable Diffusion XL with a ControlNet: layouts from masks", control=True
+)
+
 #: Pipeline class name (model_index.json `_class_name`) -> its architecture.
 PIPELINES: dict[str, Architecture] = {
     "StableDiffusionPipeline": SD,
     "StableDiffusionXLPipeline": SDXL,
+    "StableDiffusionControlNetPipeline": SD_CONTROLNET,
+    "StableDiffusionXLControlNetPipeline": SDXL_CONTROLNET,
     "PixArtAlphaPipeline": PIXART_ALPHA,
     "PixArtSigmaPipeline": PIXART_SIGMA,
     "StableDiffusion3Pipeline": SD3,

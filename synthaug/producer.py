@@ -152,7 +152,7 @@ class Producer:
         """Produce until the target count or a stop signal; returns how many samples this run wrote."""
         from synthaug.annotators import build_annotator, prepare_annotator
         from synthaug.generation_job import samples_from_config
-        from synthaug.generator import load_model
+        from synthaug.generator import check_model_before_load, load_model
         from synthaug.store import SampleStore, StoreWriter, create_store
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -161,6 +161,7 @@ class Producer:
         annotator = build_annotator(cfg.method, cfg.annotator)
         vocab = cfg.class_vocabulary()
         prepare_annotator(annotator, vocab=vocab)
+        check_model_before_load(cfg.model, cfg.height, cfg.width, layout=cfg.layout is not None)
         create_store(self.store, vocab, image_format=cfg.image_format)
         self._status("loading")
         model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())

@@ -336,3 +336,32 @@ def make_tiny_lora(model: Path, out: Path, seed: int = 1) -> Path:
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     type(pipe).save_lora_weights(out, unet_lora_layers=state, weight_name="lora.safetensors")
     return Path(out) / "lora.safetensors"
+
+
+def make_tiny_controlnet(path: Path, xl: bool = False) -> Path:
+    """A tiny SD (or SDXL) ControlNet folder: the tiny model's components and a ControlNetModel made from its UNet
+    (as diffusers' ControlNetModel.from_unet does for real ones), saved with the ControlNet pipeline class."""
+    from diffusers import (
+        ControlNetModel,
+        DiffusionPipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionXLControlNetPipeline,
+    )
+
+    path = Path(path)
+    base = DiffusionPipeline.from_pretrained(make_tiny_sdxl(path) if xl else make_tiny_sd(path))
+    torch.manual_seed(1)
+    # three stride-2 convolutions take the control image to the latents' grid (VAE factor 8)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    components = {k: v for k, v in base.components.items() if k not in ("image_encoder", "feature_extractor")}
+    if xl:
+        pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet, add_watermarker=False)
+    else:
+        components.pop("safety_checker", None)
+        pipe = StableDiffusionControlNetPipeline(
+            **components, controlnet=controlnet, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+    out = path / ("tiny-sdxl-controlnet" if xl else "tiny-sd-controlnet")
+    pipe.save_pretrained(out)
+    return out

@@ -66,8 +66,13 @@ class AnnotationPipeline:
         ann = label_maps(
             maps, class_ids, self.background_id, self.annotator.rule, self.annotator.by_object, found.instance_ids
         )
+        return self.finish(ann, len(class_ids))
+
+    def finish(self, ann: Annotation, num_targets: int, extra_quality: dict[str, float] | None = None) -> Annotated:
+        """An annotation's instances and quality figures (with `extra_quality`), by this pipeline's rules."""
+        quality = quality_figures(ann, num_targets, self.min_instance_area, self.background_id)
         return Annotated(
             ann,
             annotation_instances(ann, self.min_instance_area, self.background_id),
-            quality_figures(ann, len(class_ids), self.min_instance_area, self.background_id),
+            {**quality, **(extra_quality or {})},
         )
