@@ -49,6 +49,8 @@ def _generation_config(args: argparse.Namespace) -> GenerationConfig:
     cfg = GenerationConfig.load(args.config) if args.config else GenerationConfig()
     if args.model:
         cfg.model = args.model
+    if getattr(args, "model_config", None):
+        cfg.model_config = args.model_config
     return cfg
 
 
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num", type=int, default=None, help="how many samples (default: the config's num)")
     gen.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
     gen.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    gen.add_argument("--model-config", default=None, help="a single-file --model's diffusers folder (its configs)")
     gen.set_defaults(func=_cmd_generate)
 
     prod = sub.add_parser("produce", help="keep generating into a store while training reads it (online pool)")
@@ -302,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--segment", default=None, help="segment name (default: producer-HOST, -rankR under torchrun)")
     prod.add_argument("--retire-grace", type=float, default=600.0, help="seconds before retired files are deleted")
     prod.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    prod.add_argument("--model-config", default=None, help="a single-file --model's diffusers folder (its configs)")
     prod.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone (supervisors)")
     prod.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     prod.add_argument("--nice", type=int, default=0, help="lower the process priority by N (Unix nice)")

@@ -43,6 +43,7 @@ class GenerationConfig:
     """The keys of gen.yaml, with their defaults (the shipped toy model and the cross-attention method)."""
 
     model: str | None = None
+    model_config: str | None = None  # a single-file `model`'s diffusers folder (configs, tokenizers, scheduler)
     device: str = "cpu"
     scheduler: str | None = None
     lora: Any = None

@@ -49,12 +49,14 @@ def run_generation(cfg: GenerationConfig, out: str | Path, num: int | None = Non
     annotator = build_annotator(cfg.method, cfg.annotator)
     prepare_annotator(annotator, vocab=vocab)
     specs = cfg.prompt_specs(num)
-    check_model_before_load(cfg.model, cfg.height, cfg.width, layout=cfg.layout is not None)
+    check_model_before_load(cfg.model, cfg.height, cfg.width, layout=cfg.layout is not None, config=cfg.model_config)
     if cfg.scheduler is not None:
         resolve_scheduler_class(cfg.scheduler)
     if (Path(out) / STORE_FILE).exists():  # an existing store: its vocabulary checked before the model loads
         create_store(out, vocab, image_format=cfg.image_format)
-    model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())
+    model = load_model(
+        cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights(), config=cfg.model_config
+    )
     prepare_annotator(annotator, model=model)
     for spec in specs:  # every class word found, no prompt too long for a tokenizer: before the store exists
         layout_token_groups(model, spec)

@@ -185,23 +185,51 @@ class LoraWeights:
     scale: float = 1.0
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def model_source(path: str | Path | None, config: str | Path | None = None) -> tuple[Path | None, Path]:
+    """(single-file checkpoint or None, the diffusers folder whose configs describe the model).
+
+    A folder is the model. A single file (original Stable Diffusion layout, `.safetensors` or `.ckpt`) needs
+    `config`: a local diffusers folder of the same architecture, whose configs, tokenizers and scheduler are
+    read (not its weights), since nothing is downloaded."""
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        return None, path
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ValueError(
+            f"model {path} is a file but not a single-file checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}): give a "
+            "diffusers model folder, or a .safetensors / .ckpt checkpoint with model_config"
+        )
+    if config is None or not Path(config).is_dir():
+        raise ValueError(
+            f"model {path} is a single-file checkpoint: set model_config (gen.yaml) or --model-config to a local "
+            f"diffusers folder of its architecture (e.g. the base model's snapshot), got {config!r}. Its configs, "
+            "tokenizers and scheduler are read, not its weights; nothing is downloaded"
+        )
+    return path, Path(config)
+
+
 def load_model(
     path: str | Path | Any | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     scheduler: str | None = None,
     loras: Sequence[LoraWeights] = (),
+    config: str | Path | None = None,
 ) -> DiffusionModel:
-    """Load a local diffusers text-to-image folder with ``DiffusionPipeline.from_pretrained`` (or wrap a
-    pipeline object a Python user passes); nothing is downloaded.
+    """Load a local diffusers text-to-image folder with ``DiffusionPipeline.from_pretrained``, a single-file
+    checkpoint with the pipeline class's ``from_single_file`` and `config` (model_source), or wrap a pipeline
+    object a Python user passes; nothing is downloaded.
 
-    The folder's pipeline class is checked against the supported kinds before any weights load.
+    The pipeline class is checked against the supported kinds before any weights load.
     fp16 is used on CUDA unless `dtype` says otherwise; the CPU runs fp32. `loras` are loaded with the
     pipeline's own LoRA loader (diffusers + peft) and applied at their scales.
     """
     if path is not None and not isinstance(path, (str, Path)):
         return wrap_pipeline(path, scheduler=scheduler, loras=loras)
-    path = Path(path) if path is not None else default_model_path()
+    single, path = model_source(path, config)
     index = read_index(path)
     arch = architecture_of(index.get("_class_name", "?"), f"model {path}")
     missing = [c for c in (arch.denoiser, *arch.key_tokenizers, "scheduler") if not (index.get(c) or [None])[0]]
@@ -217,16 +245,35 @@ def load_model(
         # Pipelines warn (printing the whole config) about scheduler settings they then override; the
         # folder's own scheduler is put back below, so the warning is noise.
         warnings.simplefilter("ignore", FutureWarning)
-        pipe = DiffusionPipeline.from_pretrained(
-            path, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False, **absent
-        )
+        if single is None:
+            pipe = DiffusionPipeline.from_pretrained(
+                path, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False, **absent
+            )
+        else:
+            pipe = load_single_file(single, path, index["_class_name"], dtype, absent)
         library, cls_name = index["scheduler"]
         own = getattr(importlib.import_module(library), cls_name).from_pretrained(path, subfolder="scheduler")
     pipe.scheduler = own
     pipe.to(device)
     card_file = path / SYNTHAUG_MODEL_FILE
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-    return wrap_pipeline(pipe, path=path, card=card, scheduler=scheduler, loras=loras)
+    return wrap_pipeline(pipe, path=single or path, card=card, scheduler=scheduler, loras=loras, config=path)
+
+
+def load_single_file(checkpoint: Path, config: Path, class_name: str, dtype: torch.dtype, absent: dict) -> Any:
+    """`class_name`.from_single_file(checkpoint) with `config`'s configs; an error naming both if they do not fit."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    try:
+        return cls.from_single_file(
+            str(checkpoint), config=str(config), torch_dtype=dtype, local_files_only=True, **absent
+        )
+    except Exception as err:  # diffusers' own message (missing component, shapes), with both files named
+        raise ValueError(
+            f"single-file checkpoint {checkpoint} does not load as the {class_name} that model_config {config} "
+            f"describes: {type(err).__name__}: {err}"
+        ) from None
 
 
 def wrap_pipeline(
@@ -235,8 +282,10 @@ def wrap_pipeline(
     card: dict[str, Any] | None = None,
     scheduler: str | None = None,
     loras: Sequence[LoraWeights] = (),
+    config: Path | None = None,
 ) -> DiffusionModel:
-    """A DiffusionModel around a loaded pipeline object; UnsupportedPipelineError names its class otherwise."""
+    """A DiffusionModel around a loaded pipeline object; UnsupportedPipelineError names its class otherwise.
+    `path` is where its weights came from; `config` the folder with its tokenizer files (default: `path`)."""
     arch = architecture_of(type(pipe).__name__, f"the pipeline object {type(pipe).__name__}")
     card = card or {}
     if path is None:
@@ -255,7 +304,8 @@ def wrap_pipeline(
             module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
     load_loras(pipe, loras)
-    tokenizers = [fast_tokenizer(getattr(pipe, name), path, name) for name in arch.key_tokenizers]
+    folder = config or (path if path is not None and path.is_dir() else None)
+    tokenizers = [fast_tokenizer(getattr(pipe, name), folder, name) for name in arch.key_tokenizers]
     return DiffusionModel(path, pipe, arch, tokenizers, policy, card, list(loras))
 
 
@@ -374,12 +424,17 @@ def check_size(multiple: int, height: int | None, width: int | None) -> None:
 
 
 def check_model_before_load(
-    path: str | Path | None, height: int | None, width: int | None, layout: bool = False
+    path: str | Path | None,
+    height: int | None,
+    width: int | None,
+    layout: bool = False,
+    config: str | Path | None = None,
 ) -> None:
-    """What can be checked of a model folder from its config files alone, before anything is created or
-    loaded: that it is a supported pipeline (naming its class and the supported kinds if not), that it takes
-    layouts if and only if `layout` is set, and the size rule of `check_generation_inputs`."""
-    path = Path(path) if path is not None else default_model_path()
+    """What can be checked of a model from its config files alone, before anything is created or loaded: a
+    single file's `config` folder (model_source), that it is a supported pipeline (naming its class and the
+    supported kinds if not), that it takes layouts if and only if `layout` is set, and the size rule of
+    `check_generation_inputs`."""
+    _, path = model_source(path, config)
     index_file = path / "model_index.json"
     if not index_file.is_file():
         return  # load_model will say what is missing

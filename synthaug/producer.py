@@ -161,10 +161,14 @@ class Producer:
         annotator = build_annotator(cfg.method, cfg.annotator)
         vocab = cfg.class_vocabulary()
         prepare_annotator(annotator, vocab=vocab)
-        check_model_before_load(cfg.model, cfg.height, cfg.width, layout=cfg.layout is not None)
+        check_model_before_load(
+            cfg.model, cfg.height, cfg.width, layout=cfg.layout is not None, config=cfg.model_config
+        )
         create_store(self.store, vocab, image_format=cfg.image_format)
         self._status("loading")
-        model = load_model(cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights())
+        model = load_model(
+            cfg.model, device=cfg.device, scheduler=cfg.scheduler, loras=cfg.lora_weights(), config=cfg.model_config
+        )
         prepare_annotator(annotator, model=model)
         reader = SampleStore(self.store)
         with StoreWriter(self.store, segment=self.segment, resume=True) as writer:

@@ -1,0 +1,101 @@
+"""Single-file checkpoints (the original Stable Diffusion layout most fine-tunes ship as) load through the pipeline
+class's own `from_single_file`, with a local diffusers folder for the configs; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from synthaug.cli import main as cli
+from synthaug.store import SampleStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sd_tiny
+from ldm_single_file import save_ldm_checkpoint
+
+VOCAB = {"names": ["background", "cat", "dog"], "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0]]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny SD folder, its original-format checkpoint, and a copy of the folder without any weights."""
+    root = tmp_path_factory.mktemp("single")
+    folder = sd_tiny.make_tiny_sd(root)
+    checkpoint = save_ldm_checkpoint(folder, root / "tiny-sd.safetensors")
+    configs = root / "configs-only"
+    shutil.copytree(folder, configs)
+    for weights in [*configs.rglob("*.safetensors"), *configs.rglob("*.bin")]:
+        weights.unlink()
+    return {"folder": folder, "checkpoint": checkpoint, "configs": configs}
+
+
+def gen_yaml(path: Path, **extra) -> Path:
+    data = {
+        "vocabulary": VOCAB,
+        "prompts": {"source": "templates", "templates": ["a photo of a {cls}"]},
+        "steps": 2,
+        "guidance": 4.0,
+        "height": 64,
+        "width": 64,
+        "num": 2,
+        "batch_size": 2,
+        "annotator": {"factors": [2]},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_single_file_checkpoint_generates_what_its_folder_generates(tiny, tmp_path):
+    """The checkpoint, read with a configs-only folder (no weights there to fall back on), gives the same images
+    and labels as the diffusers folder it was written from, and the store says which file made them."""
+    cfg = gen_yaml(tmp_path / "gen.yaml")
+    single, folder = tmp_path / "single", tmp_path / "folder"
+    args = ["--model", str(tiny["checkpoint"]), "--model-config", str(tiny["configs"])]
+    assert cli(["generate", "--config", str(cfg), "--out", str(single), *args]) == 0
+    assert cli(["generate", "--config", str(cfg), "--out", str(folder), "--model", str(tiny["folder"])]) == 0
+    assert cli(["verify", str(single)]) == 0
+    a, b = SampleStore(single), SampleStore(folder)
+    for i in range(2):
+        x, y = a.read(i), b.read(i)
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
+    assert a.read(0).fingerprint["model"] == str(tiny["checkpoint"])
+
+
+def test_model_config_in_gen_yaml(tiny, tmp_path):
+    cfg = gen_yaml(tmp_path / "gen.yaml", model=str(tiny["checkpoint"]), model_config=str(tiny["configs"]))
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "s")]) == 0
+    assert len(SampleStore(tmp_path / "s")) == 2
+
+
+def test_a_single_file_without_model_config_is_named_before_any_store(tiny, tmp_path, capsys):
+    cfg = gen_yaml(tmp_path / "gen.yaml")
+    out = tmp_path / "s"
+    assert cli(["generate", "--config", str(cfg), "--out", str(out), "--model", str(tiny["checkpoint"])]) == 2
+    err = capsys.readouterr().err
+    assert "single-file checkpoint: set model_config" in err and "--model-config" in err and not out.exists()
+
+
+def test_a_file_that_is_no_checkpoint_and_a_checkpoint_of_another_model_are_named(tiny, tmp_path, capsys):
+    cfg = gen_yaml(tmp_path / "gen.yaml")
+    text = tmp_path / "weights.txt"
+    text.write_text("not a checkpoint")
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "a"), "--model", str(text)]) == 2
+    assert "not a single-file checkpoint" in capsys.readouterr().err
+    # the same UNet layout with other widths: the checkpoint's shapes do not fit the folder's configs
+    other = tmp_path / "wider"
+    shutil.copytree(tiny["configs"], other)
+    unet_cfg = json.loads((other / "unet" / "config.json").read_text())
+    unet_cfg["block_out_channels"] = [16, 64]
+    (other / "unet" / "config.json").write_text(json.dumps(unet_cfg))
+    args = ["--model", str(tiny["checkpoint"]), "--model-config", str(other)]
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"single-file checkpoint {tiny['checkpoint']} does not load" in err and str(other) in err
+    assert not (tmp_path / "b").exists()
