@@ -28,3 +28,17 @@ def reference_msda(value, shapes, locations, weights) -> torch.Tensor:
                 sample += (1 - abs(x - xi)) * (1 - abs(y - yi)) * grid[yi, xi]
         out[b, q, h] += weights[b, q, h, lvl, p].item() * sample
     return out.view(bs, queries, heads * dims)
+
+
+def assert_matches_reference(pytorch_msda) -> None:
+    """`pytorch_msda(value, shapes, locations, weights)` equals the formula on random inputs, some of whose
+    sampling locations fall off the maps (the zero padding is part of what is checked)."""
+    torch.manual_seed(0)
+    shapes = [(4, 5), (2, 3)]
+    bs, queries, heads, dims, points = 2, 3, 2, 4, 3
+    value = torch.randn(bs, sum(h * w for h, w in shapes), heads, dims)
+    locations = torch.rand(bs, queries, heads, len(shapes), points, 2) * 1.4 - 0.2
+    weights = torch.rand(bs, queries, heads, len(shapes), points)
+    weights = weights / weights.sum((-1, -2), keepdim=True)
+    got = pytorch_msda(value, torch.tensor(shapes), locations, weights)
+    assert torch.allclose(got.double(), reference_msda(value, shapes, locations, weights), atol=1e-5)

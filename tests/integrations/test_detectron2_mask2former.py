@@ -18,7 +18,7 @@ if importlib.util.find_spec("mask2former") is None:
 
 import test_detectron2_stock as stock
 from detectron2.engine import default_argument_parser
-from msda_reference import reference_msda
+from msda_reference import assert_matches_reference
 from synthaug.integrations.detectron2 import mask2former as m2f
 from synthaug.integrations.detectron2.catalog import SYNTHETIC_KEY, register_coco_entries
 from test_detectron2_stock import (
@@ -118,15 +118,7 @@ def check_reaches_criterion(watch: CriterionWatch, expect, layers: int) -> int:
 def test_pure_pytorch_deformable_attention_equals_the_reference_formula():
     from mask2former.modeling.pixel_decoder.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
 
-    torch.manual_seed(0)
-    shapes = [(4, 5), (2, 3)]
-    bs, queries, heads, dims, points = 2, 3, 2, 4, 3
-    value = torch.randn(bs, sum(h * w for h, w in shapes), heads, dims)
-    locations = torch.rand(bs, queries, heads, len(shapes), points, 2) * 1.4 - 0.2  # some fall off the map
-    weights = torch.rand(bs, queries, heads, len(shapes), points)
-    weights = weights / weights.sum((-1, -2), keepdim=True)
-    got = ms_deform_attn_core_pytorch(value, torch.tensor(shapes), locations, weights)
-    assert torch.allclose(got.double(), reference_msda(value, shapes, locations, weights), atol=1e-5)
+    assert_matches_reference(ms_deform_attn_core_pytorch)
 
 
 NO_COMPILED_OPS = pytest.mark.skipif(

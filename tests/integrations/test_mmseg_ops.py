@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("mmseg")
 
 import synthaug.integrations.mmseg  # noqa: F401  (installs the stand-ins on mmcv-lite)
-from msda_reference import reference_msda
+from msda_reference import assert_matches_reference
 from synthaug.integrations.mmseg.ops_fallback import mmcv_has_compiled_ops
 
 pytestmark = pytest.mark.skipif(mmcv_has_compiled_ops(), reason="full mmcv: its own compiled ops are used")
@@ -17,15 +17,7 @@ pytestmark = pytest.mark.skipif(mmcv_has_compiled_ops(), reason="full mmcv: its 
 def test_pure_pytorch_deformable_attention_equals_the_reference_formula():
     from mmcv.ops import multi_scale_deformable_attn_pytorch
 
-    torch.manual_seed(0)
-    shapes = [(4, 5), (2, 3)]
-    bs, queries, heads, dims, points = 2, 3, 2, 4, 3
-    value = torch.randn(bs, sum(h * w for h, w in shapes), heads, dims)
-    locations = torch.rand(bs, queries, heads, len(shapes), points, 2) * 1.4 - 0.2  # some fall off the map
-    weights = torch.rand(bs, queries, heads, len(shapes), points)
-    weights = weights / weights.sum((-1, -2), keepdim=True)
-    got = multi_scale_deformable_attn_pytorch(value, torch.tensor(shapes), locations, weights)
-    assert torch.allclose(got.double(), reference_msda(value, shapes, locations, weights), atol=1e-5)
+    assert_matches_reference(multi_scale_deformable_attn_pytorch)
 
 
 def test_mask2formers_deformable_attention_is_mmcvs_own_module_on_the_pure_pytorch_path():
