@@ -132,7 +132,7 @@ def _cmd_train_annotator(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     vocab = cfg.class_vocabulary()
-    model = load_model(model_path, device=args.device or cfg.device)
+    model = load_model(model_path, device=args.device or cfg.device, config=args.model_config or cfg.model_config)
     data = read_labelled_folder(
         args.images, args.masks, args.size or model.default_size, instances_dir=args.instances, limit=args.limit
     )
@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True, help="the store to write (created if missing)")
     gen.add_argument("--num", type=int, default=None, help="how many samples (default: the config's num)")
     gen.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: the config's)")
-    gen.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    gen.add_argument(
+        "--model", default=None, help="local diffusers folder or single-file checkpoint (default: the config's)"
+    )
     gen.add_argument("--model-config", default=None, help="a single-file --model's diffusers folder (its configs)")
     gen.set_defaults(func=_cmd_generate)
 
@@ -304,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--max-samples", type=int, default=None, help="stop after N samples (default: run until told)")
     prod.add_argument("--segment", default=None, help="segment name (default: producer-HOST, -rankR under torchrun)")
     prod.add_argument("--retire-grace", type=float, default=600.0, help="seconds before retired files are deleted")
-    prod.add_argument("--model", default=None, help="local diffusers model folder (default: the config's)")
+    prod.add_argument(
+        "--model", default=None, help="local diffusers folder or single-file checkpoint (default: the config's)"
+    )
     prod.add_argument("--model-config", default=None, help="a single-file --model's diffusers folder (its configs)")
     prod.add_argument("--parent-pid", type=int, default=None, help="stop when this process is gone (supervisors)")
     prod.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -333,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--masks", type=Path, required=True, help="folder of mask PNGs (pixel = class id), same file stems")
     ta.add_argument("--instances", type=Path, default=None, help="optional instance-id PNGs (0 = none), same stems")
     ta.add_argument("--out", type=Path, required=True, help="the annotator file to write (.safetensors)")
-    ta.add_argument("--model", default=None, help="local diffusers model folder (default: the config's, else toy)")
+    ta.add_argument(
+        "--model",
+        default=None,
+        help="local diffusers folder or single-file checkpoint (default: the config's, else toy)",
+    )
+    ta.add_argument("--model-config", default=None, help="a single-file --model's diffusers folder (its configs)")
     ta.add_argument("--config", type=Path, default=None, help="gen.yaml whose model and vocabulary it will serve")
     ta.add_argument("--device", default=None, help="e.g. cpu, cuda (default: the config's)")
     ta.add_argument("--size", type=int, default=None, help="resize images to this side (default: the model's)")

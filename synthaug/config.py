@@ -105,6 +105,8 @@ class GenerationConfig:
                 "must be a positive integer or null (the model's size)",
             )
         need(isinstance(self.seed, int), "seed", "must be an integer")
+        for key in ("model", "model_config"):
+            need(getattr(self, key) is None or isinstance(getattr(self, key), str), key, "must be a path or null")
         need(
             isinstance(self.prompts, dict) and self.prompts.get("source", "toy") in PROMPT_SOURCES,
             "prompts",

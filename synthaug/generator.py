@@ -185,7 +185,7 @@ class LoraWeights:
     scale: float = 1.0
 
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # as diffusers tells them apart: lower case
 
 
 def model_source(path: str | Path | None, config: str | Path | None = None) -> tuple[Path | None, Path]:
@@ -195,18 +195,25 @@ def model_source(path: str | Path | None, config: str | Path | None = None) -> t
     `config`: a local diffusers folder of the same architecture, whose configs, tokenizers and scheduler are
     read (not its weights), since nothing is downloaded."""
     path = Path(path) if path is not None else default_model_path()
+    if path.suffix in SINGLE_FILE_SUFFIXES and not path.exists():
+        raise FileNotFoundError(f"model {path}: no such checkpoint file")
     if not path.is_file():
+        if config is not None:
+            raise ValueError(
+                f"model_config {config} is set, but model {path} is a folder: model_config is only for a "
+                "single-file checkpoint; remove it"
+            )
         return None, path
-    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
         raise ValueError(
-            f"model {path} is a file but not a single-file checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}): give a "
-            "diffusers model folder, or a .safetensors / .ckpt checkpoint with model_config"
+            f"model {path} is a file but not a single-file checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)}, lower "
+            "case): give a diffusers model folder, or a .safetensors / .ckpt checkpoint with model_config"
         )
-    if config is None or not Path(config).is_dir():
+    if config is None or not (Path(config) / "model_index.json").is_file():
         raise ValueError(
             f"model {path} is a single-file checkpoint: set model_config (gen.yaml) or --model-config to a local "
-            f"diffusers folder of its architecture (e.g. the base model's snapshot), got {config!r}. Its configs, "
-            "tokenizers and scheduler are read, not its weights; nothing is downloaded"
+            f"diffusers folder of its architecture with its model_index.json (e.g. the base model's snapshot), got "
+            f"{config!r}. Its configs, tokenizers and scheduler are read, not its weights; nothing is downloaded"
         )
     return path, Path(config)
 
@@ -265,14 +272,30 @@ def load_single_file(checkpoint: Path, config: Path, class_name: str, dtype: tor
     import diffusers
 
     cls = getattr(diffusers, class_name)
+    if not hasattr(cls, "from_single_file"):
+        raise ValueError(
+            f"model_config {config} is a {class_name}, which diffusers cannot load from a single file: use a "
+            "diffusers model folder"
+        )
+    parts = dict(absent)
+    if (config / "controlnet").is_dir():  # a ControlNet is its own model: the folder's, beside the file's base
+        parts["controlnet"] = diffusers.ControlNetModel.from_pretrained(
+            config / "controlnet", torch_dtype=dtype, local_files_only=True
+        )
     try:
         return cls.from_single_file(
-            str(checkpoint), config=str(config), torch_dtype=dtype, local_files_only=True, **absent
+            str(checkpoint), config=str(config), torch_dtype=dtype, local_files_only=True, **parts
         )
     except Exception as err:  # diffusers' own message (missing component, shapes), with both files named
+        hint = ""
+        if checkpoint.suffix == ".ckpt" and "Unable to load weights" in str(err):
+            hint = (
+                " (a .ckpt is read with torch.load(weights_only=True): pickled objects other than tensors, such as "
+                "training state, are not unpickled, for safety; convert the file to .safetensors)"
+            )
         raise ValueError(
             f"single-file checkpoint {checkpoint} does not load as the {class_name} that model_config {config} "
-            f"describes: {type(err).__name__}: {err}"
+            f"describes{hint}: {type(err).__name__}: {err}"
         ) from None
 
 

@@ -99,3 +99,58 @@ def test_a_file_that_is_no_checkpoint_and_a_checkpoint_of_another_model_are_name
     err = capsys.readouterr().err
     assert f"single-file checkpoint {tiny['checkpoint']} does not load" in err and str(other) in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_plain_ckpt_loads_and_a_controlnet_comes_from_the_folder(tiny, tmp_path):
+    """A .ckpt ({'state_dict': ...}, read with weights_only) generates what the .safetensors does; with a
+    ControlNet pipeline's folder as model_config, its ControlNet joins the file's base model (layouts)."""
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "tiny-sd.ckpt"
+    torch.save({"state_dict": load_file(str(tiny["checkpoint"]))}, ckpt)
+    cfg = gen_yaml(tmp_path / "gen.yaml")
+    for name, model in (("a", tiny["checkpoint"]), ("b", ckpt)):
+        args = ["--model", str(model), "--model-config", str(tiny["configs"])]
+        assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / name), *args]) == 0
+    assert np.array_equal(SampleStore(tmp_path / "a").read(1).image, SampleStore(tmp_path / "b").read(1).image)
+
+    controlnet = sd_tiny.make_tiny_controlnet(tmp_path / "cn")
+    base = save_ldm_checkpoint(controlnet, tmp_path / "cn-base.safetensors")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8), mode="L").save(masks / "m.png")
+    data = yaml.safe_load(gen_yaml(tmp_path / "layout.yaml").read_text())
+    del data["prompts"]
+    data["layout"] = {"masks": str(masks), "template": "{cls}"}
+    (tmp_path / "layout.yaml").write_text(yaml.safe_dump(data))
+    args = ["--model", str(base), "--model-config", str(controlnet)]
+    assert cli(["generate", "--config", str(tmp_path / "layout.yaml"), "--out", str(tmp_path / "c"), *args]) == 0
+    assert SampleStore(tmp_path / "c").read(0).mask.shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no index", "with its model_index.json"),
+        ("folder model", "model_config is only for a single-file checkpoint"),
+        ("typo", "no such checkpoint file"),
+        ("size", "height=60 must be a positive multiple of 16"),
+    ],
+)
+def test_model_config_mistakes_are_named_before_any_store(tiny, tmp_path, capsys, case, message):
+    cfg = gen_yaml(tmp_path / "gen.yaml", height=60 if case == "size" else 64)
+    model, config = tiny["checkpoint"], tiny["configs"]
+    if case == "no index":
+        config = tmp_path / "empty"
+        config.mkdir()
+    elif case == "folder model":
+        model = tiny["folder"]
+    elif case == "typo":
+        model = tmp_path / "typo.safetensors"
+    out = tmp_path / "s"
+    args = ["--model", str(model), "--model-config", str(config)]
+    assert cli(["generate", "--config", str(cfg), "--out", str(out), *args]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
