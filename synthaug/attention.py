@@ -225,16 +225,39 @@ class JointCapturingProcessor(CapturingProcessor):
     keys, is exactly that softmax, a distribution over tokens as a UNet's cross-attention is."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        if encoder_hidden_states is not None:
-            self.capture_joint(attn, hidden_states, encoder_hidden_states, None)
+        if encoder_hidden_states is None or not self.joint_wanted(hidden_states)[1]:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        # The layer's own projections, kept as it computes them, so capture does not compute them again
+        # (a processor that fuses them into one projection leaves these empty: they are then recomputed).
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [
+            module.register_forward_hook(lambda _m, _i, o, key=key: outputs.__setitem__(key, o))
+            for key, module in (("q", attn.to_q), ("k", attn.to_k), ("kt", attn.add_k_proj))
+            if module is not None
+        ]
+        try:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self.capture_joint(attn, hidden_states, encoder_hidden_states, None, outputs)
         return out
 
-    def projections(self, attn, image: torch.Tensor, text: torch.Tensor, rotary) -> tuple[torch.Tensor, ...]:
-        """(q_image, k_image, k_text), each (b, heads, tokens, head_dim), as the layer computes them."""
+    def projections(
+        self, attn, image: torch.Tensor, text: torch.Tensor, rotary, outputs: dict | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(q_image, k_image, k_text), each (b, heads, tokens, head_dim), as the layer computes them; from the
+        layer's own linear `outputs` (all batch rows) where given, else computed for the rows given."""
         b, heads = image.shape[0], attn.heads
         split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
-        q, k, kt = split(attn.to_q(image)), split(attn.to_k(image)), split(attn.add_k_proj(text))
+        rows, kept = self.captured.cond_rows, {}
+        for key, t in (outputs or {}).items():
+            chosen = t[rows]
+            if chosen.shape[:2] == (text if key == "kt" else image).shape[:2]:  # else: not this call's; recompute
+                kept[key] = chosen
+        q = split(kept["q"] if "q" in kept else attn.to_q(image))
+        k = split(kept["k"] if "k" in kept else attn.to_k(image))
+        kt = split(kept["kt"] if "kt" in kept else attn.add_k_proj(text))
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
@@ -243,14 +266,14 @@ class JointCapturingProcessor(CapturingProcessor):
             kt = attn.norm_added_k(kt)
         return q, k, kt
 
-    def capture_joint(self, attn, image: torch.Tensor, text: torch.Tensor, rotary) -> None:
-        """Add the image queries' maps over the text keys (cross) and over the image keys (self)."""
+    def joint_wanted(self, image: torch.Tensor) -> tuple[int, list[str]]:
+        """The grid factor of `image` tokens and the maps wanted of this layer now ([] for none)."""
         captured = self.captured
         if not (captured.active or captured.at_step):
-            return
+            return 0, []
         geometry = captured.factor_of(image.shape[1])
         if geometry is None:
-            return
+            return 0, []
         factor = geometry[0]
         wanted = [
             kind
@@ -261,11 +284,17 @@ class JointCapturingProcessor(CapturingProcessor):
             )
             if on
         ]
+        return factor, wanted
+
+    def capture_joint(self, attn, image: torch.Tensor, text: torch.Tensor, rotary, outputs: dict | None = None) -> None:
+        """Add the image queries' maps over the text keys (cross) and over the image keys (self)."""
+        factor, wanted = self.joint_wanted(image)
         if not wanted:
             return
+        captured = self.captured
         rows = captured.cond_rows
         with torch.no_grad():
-            q, k, kt = self.projections(attn, image[rows], text[rows], rotary)
+            q, k, kt = self.projections(attn, image[rows], text[rows], rotary, outputs)
             scale = q.shape[-1] ** -0.5
             for kind in wanted:
                 captured.add(kind, factor, head_mean_softmax(q, kt if kind != "self" else k, scale))
@@ -288,7 +317,9 @@ class FluxCapturingProcessor(JointCapturingProcessor):
                 self.capture_joint(attn, hidden_states[:, n_text:], hidden_states[:, :n_text], image_rotary_emb)
         return out
 
-    def projections(self, attn, image: torch.Tensor, text: torch.Tensor, rotary) -> tuple[torch.Tensor, ...]:
+    def projections(
+        self, attn, image: torch.Tensor, text: torch.Tensor, rotary, outputs: dict | None = None
+    ) -> tuple[torch.Tensor, ...]:
         from diffusers.models.embeddings import apply_rotary_emb
 
         shape = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (b, tokens, heads, head_dim)

@@ -97,6 +97,31 @@ def test_capture_fills_the_token_grid_and_leaves_images_unchanged(kind, models):
     assert torch.allclose(self_.sum(-1), torch.ones(2, grid * grid), atol=1e-4)
 
 
+def test_sd3_capture_reuses_the_layers_own_projections(models):
+    """Capturing SD3's joint attention takes q and k from the layer's own projections (kept by forward hooks)
+    instead of computing them again: every projection runs as often as without capture."""
+    model = models["sd3"]
+    f = attention_factors(model.unet)["cross"][0]
+    counts: dict[str, int] = {}
+    handles = []
+    for name, module in model.unet.named_modules():
+        if name.endswith(("attn.to_q", "attn.to_k", "attn.add_k_proj")):
+            handles.append(
+                module.register_forward_hook(lambda *_a, name=name: counts.__setitem__(name, counts.get(name, 0) + 1))
+            )
+    try:
+        generate_batch(model, PROMPTS, [1, 2], steps=2, guidance=4.0, height=64, width=64)
+        plain, counts = counts, {}
+        out = generate_batch(
+            model, PROMPTS, [1, 2], steps=2, guidance=4.0, height=64, width=64, capture=CaptureSpec((f,), (f,))
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert plain and counts == plain
+    assert out.captured.cross_maps()[f].shape[0] == 2
+
+
 def test_token_positions_of_split_words_under_clip_t5_and_both_sdxl_tokenizers(models):
     """'motorcycle' is three BPE pieces in the tiny CLIP vocabularies and two sentencepiece pieces in the
     tiny T5 one; every piece is a key of the class. SD3's keys are CLIP's 16, then T5's."""
