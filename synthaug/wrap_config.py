@@ -100,39 +100,47 @@ def merge_into(base: dict, top: dict) -> None:
             base[key] = value
 
 
-def yacs_value(config: Path, *keys: str) -> object:
-    """A key of a yacs YAML file after its `_BASE_` chain (yacs_merged); None where it is not set."""
-    node: object = yacs_merged(Path(config))
+def key_of(merged: dict, *keys: str) -> object:
+    """A nested key of a merged yacs config (yacs_merged); None where it is not set."""
+    node: object = merged
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return node
 
 
-def yacs_task(config: Path) -> tuple[str, str]:
-    """SYNTHAUG.TASK for a yacs config, and why: from Mask2Former's INPUT.DATASET_MAPPER_NAME (its default,
-    mask_former_semantic, for a MaskFormer model that names none) or the model's META_ARCHITECTURE; 'instance'
-    otherwise. A panoptic mapper cannot read synthetic items: ValueError."""
-    arch = yacs_value(config, "MODEL", "META_ARCHITECTURE")
-    mapper = yacs_value(config, "INPUT", "DATASET_MAPPER_NAME")
+def mapper_task(mapper: str) -> str | None:
+    """The task Mask2Former's INPUT.DATASET_MAPPER_NAME `mapper` reads (None for a mapper it does not name);
+    ValueError for a panoptic mapper, which synthetic samples cannot feed."""
+    if "panoptic" in mapper:
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER_NAME {mapper} reads panoptic labels (pan_seg_file_name, segments_info), which "
+            f"synthetic samples do not have. Mix into a semantic or instance config ({', '.join(MAPPER_TASKS)})"
+        )
+    return MAPPER_TASKS.get(mapper)
+
+
+def yacs_task(merged: dict, config: str) -> tuple[str, str]:
+    """SYNTHAUG.TASK for a merged yacs config, and why: from Mask2Former's INPUT.DATASET_MAPPER_NAME (its
+    default, mask_former_semantic, for a MaskFormer model that names none) or the model's META_ARCHITECTURE;
+    'instance' otherwise. A panoptic mapper cannot read synthetic items: ValueError naming `config`."""
+    arch = key_of(merged, "MODEL", "META_ARCHITECTURE")
+    mapper = key_of(merged, "INPUT", "DATASET_MAPPER_NAME")
     if mapper is None and arch == "MaskFormer":
         mapper = "mask_former_semantic"
     if isinstance(mapper, str):
-        if mapper in MAPPER_TASKS:
-            return MAPPER_TASKS[mapper], f"INPUT.DATASET_MAPPER_NAME is {mapper}"
-        if "panoptic" in mapper:
-            raise ValueError(
-                f"{config}: INPUT.DATASET_MAPPER_NAME {mapper} reads panoptic labels (pan_seg_file_name, "
-                "segments_info), which synthetic samples do not have. Mix into a semantic or instance config "
-                f"({', '.join(MAPPER_TASKS)})"
-            )
+        try:
+            task = mapper_task(mapper)
+        except ValueError as err:
+            raise ValueError(f"{config}: {err}") from None
+        if task is not None:
+            return task, f"INPUT.DATASET_MAPPER_NAME is {mapper}"
     if arch in SEMANTIC_ARCHITECTURES:
         return "sem_seg", f"MODEL.META_ARCHITECTURE is {arch}"
     return "instance", "instance masks (set sem_seg for a semantic segmentation model)"
 
 
-def yacs_text(config: str, store: str, ratio: float, out: Path, seed: int) -> str:
+def yacs_text(config: str, store: str, ratio: float, out: Path, seed: int, task: str, why: str) -> str:
     base = os.path.relpath(Path(config).resolve(), Path(out).resolve().parent)
-    task, why = yacs_task(Path(config))
     return (
         f"# Made by `synthaug wrap-config`: {config} plus synthetic samples from {store}.\n"
         f'_BASE_: "{base}"\n'
@@ -175,11 +183,12 @@ def wrap_config(config: str, store: str, ratio: float, out: Path | None, seed: i
     out = Path(out)
     check_output(config, out)
     if kind == "detectron2-yacs":
+        merged = yacs_merged(Path(config))  # read once: the task and the script both come from it
+        task, why = yacs_task(merged, config)
         out.parent.mkdir(parents=True, exist_ok=True)
-        text = yacs_text(config, store, ratio, out, seed)
-        out.write_text(text)
+        out.write_text(yacs_text(config, store, ratio, out, seed, task, why))
         script = "train_net.py"
-        if yacs_value(Path(config), "MODEL", "META_ARCHITECTURE") == "MaskFormer":
+        if key_of(merged, "MODEL", "META_ARCHITECTURE") == "MaskFormer":
             script = "tools/mask2former_train_net.py"
         lines = D2_SCRIPT_LINES + (MASK2FORMER_LINE if script != "train_net.py" else "")
         return f"wrote {out}; train with: python {script} --config-file {out}\n{lines}"

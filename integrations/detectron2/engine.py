@@ -121,17 +121,10 @@ def mix_from_cfg(cfg: CfgNode) -> MixAsDataset:
 
 def check_task_fits_mapper(cfg: CfgNode) -> None:
     """Mask2Former's INPUT.DATASET_MAPPER_NAME decides the task its mapper reads: SYNTHAUG.TASK must be it."""
-    from synthaug.wrap_config import MAPPER_TASKS
+    from synthaug.wrap_config import mapper_task
 
     mapper = cfg.INPUT.get("DATASET_MAPPER_NAME")
-    if not isinstance(mapper, str):
-        return
-    if "panoptic" in mapper:
-        raise ValueError(
-            f"INPUT.DATASET_MAPPER_NAME {mapper} reads panoptic labels (pan_seg_file_name, segments_info), which "
-            f"synthetic samples do not have: train with one of {sorted(MAPPER_TASKS)} to mix them in"
-        )
-    task = MAPPER_TASKS.get(mapper)
+    task = mapper_task(mapper) if isinstance(mapper, str) else None
     if task is not None and task != cfg.SYNTHAUG.TASK:
         raise ValueError(
             f"SYNTHAUG.TASK {cfg.SYNTHAUG.TASK} does not fit INPUT.DATASET_MAPPER_NAME {mapper}, which reads {task} "
