@@ -23,12 +23,19 @@ from synthaug.sample import Instance, Sample
 # ---------------------------------------------------------------------------------------------- functional twins
 
 
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A label mask (H, W) uint8 at (height, width), nearest neighbour: class ids stay class ids."""
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
 def resize_sample(sample: Sample, height: int, width: int) -> Sample:
     """The sample at (height, width): image bilinear, mask and instance masks nearest."""
     if sample.mask.shape == (height, width):
         return sample
     image = np.asarray(Image.fromarray(sample.image).resize((width, height), Image.BILINEAR))
-    mask = np.asarray(Image.fromarray(sample.mask).resize((width, height), Image.NEAREST))
+    mask = resize_mask(sample.mask, height, width)
     instances = []
     for inst in sample.instances:
         m = np.asarray(Image.fromarray(inst.mask().astype(np.uint8)).resize((width, height), Image.NEAREST)) > 0

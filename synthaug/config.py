@@ -157,8 +157,8 @@ class GenerationConfig:
             raise ConfigError(
                 f"{where}: key 'layout.reduce_zero_label' must be true or false, got {settings.reduce_zero_label!r}"
             )
-        palette = self.class_vocabulary(where).palette
-        names = self.class_vocabulary(where).names
+        vocab = self.class_vocabulary(where)
+        palette, names = vocab.palette, vocab.names
         for i, colour in enumerate(palette):  # the control image tells classes apart by colour alone
             if colour in palette[:i]:
                 raise ConfigError(

@@ -700,17 +700,13 @@ def generate_samples(
         **(layout.fingerprint() if layout is not None else {}),
     }
     h, w = height or model.default_size, width or model.default_size
+    if layout is not None:
+        from synthaug.layout import layout_annotation, layout_batch
     for b in range(0, len(specs), batch_size):
         chunk = specs[b : b + batch_size]
         layouts = control = None
         if layout is not None:
-            from synthaug.layout import control_image, read_layout, resize_layout
-
-            vocab = pipeline.vocabulary
-            layouts = [
-                resize_layout(read_layout(Path(s.meta["layout"]), vocab, layout.reduce_zero_label), h, w) for s in chunk
-            ]
-            control = [control_image(m, vocab) for m in layouts]
+            layouts, control = layout_batch(layout, chunk, pipeline.vocabulary, h, w)
         out = generate_batch(
             model,
             [s.text for s in chunk],
@@ -728,8 +724,6 @@ def generate_samples(
             class_ids = [t.class_id for t in spec.targets]
             done = pipeline(out.captured, i, image, groups[b + i], class_ids) if capture is not None else None
             if layouts is not None:
-                from synthaug.layout import layout_annotation
-
                 assert layout is not None
                 found = done.annotation if done is not None else None
                 ann, figures = layout_annotation(layouts[i], class_ids, layout.label, found, pipeline.background_id)

@@ -5,7 +5,8 @@ names its classes, and a control image: the mask painted with the vocabulary's p
 segmentation ControlNet, give the palette it was trained with, e.g. ADE20K's). The sample's label is
 chosen by `label`:
 
-- ``layout``: the layout itself, resized to the image (FreeMask: the mask is the label);
+- ``layout``: the layout itself, resized to the image (synthaug.augment.resize_mask; FreeMask: the mask is
+  the label);
 - ``agree``: the layout where the attention annotator agrees with it, 255 where it does not (pixels the
   image did not follow are left out of training, as FreeMask's filtering leaves noisy pixels out);
 - ``annotator``: the annotator's label, as for any prompt (the layout only steers the image).
@@ -104,13 +105,17 @@ def layout_prompts(settings: LayoutSettings, vocab: ClassVocabulary, num: int, s
     return specs
 
 
-def resize_layout(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The layout at the image's size, nearest neighbour (class ids stay class ids)."""
-    if mask.shape == (height, width):
-        return mask
-    rows = (np.arange(height) * mask.shape[0] / height).astype(np.int64)
-    cols = (np.arange(width) * mask.shape[1] / width).astype(np.int64)
-    return mask[rows][:, cols]
+def layout_batch(
+    settings: LayoutSettings, specs: Sequence[PromptSpec], vocab: ClassVocabulary, height: int, width: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The specs' layouts at the image size (synthaug.augment.resize_mask) and their control images."""
+    from synthaug.augment import resize_mask
+
+    layouts = [
+        resize_mask(read_layout(Path(s.meta["layout"]), vocab, settings.reduce_zero_label), height, width)
+        for s in specs
+    ]
+    return layouts, [control_image(m, vocab) for m in layouts]
 
 
 def control_image(mask: np.ndarray, vocab: ClassVocabulary) -> np.ndarray:

@@ -15,11 +15,12 @@ import torch
 import yaml
 from PIL import Image
 
+from synthaug.augment import resize_mask
 from synthaug.cli import main as cli
 from synthaug.config import ConfigError, GenerationConfig
 from synthaug.generator import load_model
 from synthaug.imageio import read_mask
-from synthaug.layout import LayoutSettings, layout_prompts, resize_layout
+from synthaug.layout import LayoutSettings, layout_prompts
 from synthaug.store import SampleStore
 from synthaug.toy.world import TOY_VOCABULARY
 from synthaug.vocabulary import IGNORE_INDEX
@@ -70,7 +71,7 @@ def stored_layouts(store: SampleStore, layouts: Path) -> list[np.ndarray]:
     the sorted files)."""
     files = sorted(layouts.glob("*.png"))
     twice = [np.repeat(np.repeat(read_mask(files[i % len(files)]), 2, 0), 2, 1) for i in range(len(store))]
-    assert all(np.array_equal(t, resize_layout(t[::2, ::2], 64, 64)) for t in twice)  # nearest: 32 px doubled
+    assert all(np.array_equal(t, resize_mask(t[::2, ::2], 64, 64)) for t in twice)  # nearest: 32 px doubled
     return twice
 
 
