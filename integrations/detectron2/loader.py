@@ -215,7 +215,7 @@ def wrap_train_loader(loader: Any, dataset: MixAsDataset, **options: Any) -> Syn
         )
     for m in found:
         if not isinstance(m._map_func, SyntheticSafeMapper):
-            check_mapper_fields(m._map_func, dataset.mix)
+            check_mapper_fields(m._map_func, dataset)
             m._map_func = SyntheticSafeMapper(m._map_func, dataset.mix)
     wrapped = SynthaugTrainLoader(loader, dataset.mix, **options)
     plan_samplers(loader, dataset.mix, wrapped.images_per_iteration)
@@ -235,12 +235,13 @@ DATASET_FIELDS = frozenset(
 TRAINING_TARGETS = ("image", "instances", "sem_seg")
 
 
-def check_mapper_fields(mapper: Callable[[dict], Any], mix: SyntheticMixDataset) -> None:
+def check_mapper_fields(mapper: Callable[[dict], Any], dataset: MixAsDataset) -> None:
     """Map one synthetic item (and one real item, for comparison) with the user's mapper at start. A dataset-dict
     field the mapper needs that synthetic items lack (a panoptic mapper's `pan_seg_file_name`), or a training
     target the real item gets and the synthetic one does not (a task that does not fit the mapper), is an error
     naming it, not a run that skips every synthetic sample. Other failures are logged; failing items are then
     skipped and counted as always. Random states are restored, so the probe changes no draw of the run."""
+    mix = dataset.mix
     item = mix.synthetic_example()
     if not isinstance(item, dict):
         return
@@ -285,7 +286,7 @@ def check_mapper_fields(mapper: Callable[[dict], Any], mix: SyntheticMixDataset)
         if lacking:
             raise ValueError(
                 f"the train mapper {name} gives real items {lacking[0]!r} but synthetic items none: synthetic items "
-                f"are made for SYNTHAUG.TASK / task {mix_task(item)!r}, which this mapper does not read. Set the task "
+                f"are made for SYNTHAUG.TASK / task {dataset.task!r}, which this mapper does not read. Set the task "
                 "this mapper trains (instance: annotations; sem_seg: sem_seg_file_name)"
             )
     finally:
@@ -293,11 +294,6 @@ def check_mapper_fields(mapper: Callable[[dict], Any], mix: SyntheticMixDataset)
         np.random.set_state(states[0])
         random.setstate(states[1])
         torch.set_rng_state(states[2])
-
-
-def mix_task(item: dict) -> str:
-    """The task a synthetic dataset dict was made for: 'sem_seg' if it names a label file, else 'instance'."""
-    return "sem_seg" if "sem_seg_file_name" in item else "instance"
 
 
 def lookahead_iterations(loader: Any, images_per_iteration: int) -> int:

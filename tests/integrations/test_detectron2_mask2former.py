@@ -305,7 +305,7 @@ def test_the_probe_blames_only_dataset_fields_and_restores_random_states(tmp_pat
 
     from synthaug.integrations.detectron2.loader import check_mapper_fields
 
-    mix = semantic_mix(tmp_path).mix
+    dataset = semantic_mix(tmp_path)
 
     def unrelated(d):
         np.random.rand(), random.random(), torch.rand(1)
@@ -315,7 +315,7 @@ def test_the_probe_blames_only_dataset_fields_and_restores_random_states(tmp_pat
     random.seed(5)
     torch.manual_seed(5)
     with caplog.at_level(logging.WARNING):
-        check_mapper_fields(unrelated, mix)
+        check_mapper_fields(unrelated, dataset)
     assert "fails the train mapper" in caplog.text and "'dog'" in caplog.text
     assert np.random.rand() == np.random.RandomState(5).rand()
     assert random.random() == random.Random(5).random()
@@ -325,7 +325,7 @@ def test_the_probe_blames_only_dataset_fields_and_restores_random_states(tmp_pat
         return d["pan_seg_file_name"]
 
     with pytest.raises(ValueError, match=r"needs the field 'pan_seg_file_name'.*neither the real dataset's dicts"):
-        check_mapper_fields(needs_pan, mix)
+        check_mapper_fields(needs_pan, dataset)
 
 
 def test_the_probe_names_a_target_synthetic_items_do_not_get(tmp_path):
@@ -333,7 +333,7 @@ def test_the_probe_names_a_target_synthetic_items_do_not_get(tmp_path):
     task does not fit the mapper, and the start says so instead of training on items without targets."""
     from synthaug.integrations.detectron2.loader import check_mapper_fields
 
-    mix = semantic_mix(tmp_path).mix
+    dataset = semantic_mix(tmp_path)
 
     def instance_mapper(d):
         out = {"image": torch.zeros(3, 4, 4)}
@@ -342,7 +342,7 @@ def test_the_probe_names_a_target_synthetic_items_do_not_get(tmp_path):
         return out
 
     with pytest.raises(ValueError, match=r"gives real items 'instances' but synthetic items none(.|\n)*'sem_seg'"):
-        check_mapper_fields(instance_mapper, mix)
+        check_mapper_fields(instance_mapper, dataset)
 
 
 def test_a_task_that_does_not_fit_mask2formers_mapper_is_named(world, tmp_path):
