@@ -325,3 +325,12 @@ def test_a_layout_whose_prompt_is_too_long_is_named_before_any_store(controlnets
     assert cli(["generate", "--config", str(cfg), "--out", str(out), "--model", str(controlnets["sd"])]) == 2
     err = capsys.readouterr().err
     assert "busy.png" in err and "shorter layout.template" in err and not out.exists()
+
+
+def test_a_colour_layout_is_named_and_nothing_is_made(tmp_path):
+    """A layout saved as an RGB picture, not a label PNG of class ids: the file is named at the first read."""
+    masks = tmp_path / "rgb"
+    masks.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(masks / "painted.png")
+    with pytest.raises(ValueError, match=r"painted\.png"):
+        layout_prompts(LayoutSettings(masks), TOY_VOCABULARY, 1)

@@ -154,3 +154,14 @@ def test_model_config_mistakes_are_named_before_any_store(tiny, tmp_path, capsys
     args = ["--model", str(model), "--model-config", str(config)]
     assert cli(["generate", "--config", str(cfg), "--out", str(out), *args]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_truncated_checkpoint_is_named_before_any_store(tiny, tmp_path, capsys):
+    """A download cut short: the checkpoint and its config folder are named, and no store is made."""
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(tiny["checkpoint"].read_bytes()[:4096])
+    cfg = gen_yaml(tmp_path / "gen.yaml")
+    args = ["--model", str(cut), "--model-config", str(tiny["configs"])]
+    assert cli(["generate", "--config", str(cfg), "--out", str(tmp_path / "s"), *args]) == 2
+    assert f"single-file checkpoint {cut} does not load" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -43,7 +43,7 @@ def log_stand_ins(logger: logging.Logger) -> None:
 
 INSTALL_HINT = (
     "Mask2Former for detectron2 is the `maskformer2` package (import name `mask2former`). `python "
-    "tools/setup_env.py` installs it beside detectron2; by hand: `pip install timm` and then `pip install --no-deps "
+    "tools/setup_env.py` installs it beside detectron2; by hand: `pip install 'timm>=1.0,<2'` and then `pip install --no-deps "
     "--no-build-isolation maskformer2==0.1` (its declared dependencies are GitHub archives; detectron2 comes "
     "from synthaug's detectron2 route). A checkout of facebookresearch/Mask2Former works too where its "
     "MultiScaleDeformableAttention op is compiled (its import fails without it)."
