@@ -43,6 +43,7 @@ import numpy as np
 from results_io import RESULTS, result_path, write_result
 
 from synthaug.demo_training import CONFIG_DIR, train, validation_curve
+from synthaug.scoring import SEMANTIC_MIN_PROBABILITY, FilterRule
 from synthaug.toy.dataset import write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,12 @@ ARMS = ("real", "synthetic", "pretrain", "filtered", "filtered_hard")
 SYNTHETIC_ARMS = ARMS[1:]
 MIX_RATIO = 0.5
 SCORERS = ("synthetic", "real")
+#: How the pool's masks are refined: edge (the grid's pool), or none (the raw attention masks: a noisier pool).
+ANNOTATIONS = ("edge", "none")
+#: The filter rule's floor as a label probability (synthaug.scoring): today's default for a softmax model, and
+#: the one the first grid's filtered runs used (ln 2), kept apart in the tables.
+MIN_PROBABILITY = SEMANTIC_MIN_PROBABILITY
+LEGACY_MIN_PROBABILITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ class Run:
     iters: int
     pool: int
     scorer: str = "synthetic"  # filtered arms: whose model scores the pool (SCORERS)
+    annotation: str = "edge"  # how the pool's masks were refined (ANNOTATIONS): edge, or none (noisier)
+    min_probability: float = MIN_PROBABILITY  # filtered arms: the filter rule's label probability floor
 
     @property
     def filtered(self) -> bool:
@@ -75,21 +84,31 @@ class Run:
     @property
     def name(self) -> str:
         pool = f"_p{self.pool}" if self.arm != "real" else ""
+        if pool and self.annotation != "edge":
+            pool += f"_a{self.annotation}"
         scorer = f"_by{self.scorer}" if self.filtered else ""
+        if self.filtered and self.min_probability != LEGACY_MIN_PROBABILITY:
+            scorer += f"_f{self.min_probability}"
         return f"{self.arm}_b{self.budget}_s{self.seed}_i{self.iters}{pool}{scorer}"
 
     def scoring_twin(self) -> Run:
         """The run of the same budget, seed, schedule and pool whose final model scores a filtered arm's pool:
         'synthetic' (real + synthetic, as today: the model the live loop scores with, late in training) or
         'real' (real only, FreeMask's offline route)."""
-        return Run(self.scorer, self.budget, self.seed, self.iters, self.pool)
+        return Run(self.scorer, self.budget, self.seed, self.iters, self.pool, annotation=self.annotation)
 
     def artefact(self, folder: Path) -> Path:
-        config = dict(arm=self.arm, budget=self.budget, seed=self.seed, iters=self.iters)
+        """Its JSON; the keys a run of the first grid did not have are named only when they differ from it
+        (pools refined by edge, the ln 2 floor), so that those artefacts keep their names."""
+        config: dict = dict(arm=self.arm, budget=self.budget, seed=self.seed, iters=self.iters)
         if self.arm != "real":
             config["pool"] = self.pool
+            if self.annotation != "edge":
+                config["annotation"] = self.annotation
         if self.filtered:
             config["scorer"] = self.scorer
+            if self.min_probability != LEGACY_MIN_PROBABILITY:
+                config["min_probability"] = self.min_probability
         return folder / result_path("evidence", **config).name
 
 
@@ -99,7 +118,10 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.full = self.root / "data" / "full"
-        self.pool = self.root / "pool"
+
+    def pool(self, annotation: str = "edge") -> Path:
+        """The shared pool whose masks were refined by `annotation` (edge: the grid's; none: the noisier one)."""
+        return self.root / ("pool" if annotation == "edge" else f"pool_{annotation}")
 
     def toy_data(self) -> Path:
         if not (self.full / "dataset.json").exists():
@@ -130,15 +152,17 @@ class Workspace:
         (out / "done").write_text(json.dumps({"train": list(chosen)}) + "\n")
         return out
 
-    def ensure_pool(self, size: int) -> Path:
-        """The shared pool, generated (or grown) to at least `size` samples by `synthaug generate`."""
-        have = count_records(self.pool)
+    def ensure_pool(self, size: int, annotation: str = "edge") -> Path:
+        """The shared pool, generated (or grown) to at least `size` samples by `synthaug generate`. The same
+        seeds make the same images whatever the refinement, so the pools differ in their masks only."""
+        pool = self.pool(annotation)
+        have = count_records(pool)
         if have < size:
-            config = self.root / "generate.yaml"
+            config = self.root / f"generate_{annotation}.yaml"
             text = (REPO / "configs" / "generate" / "toy.yaml").read_text()
-            text = text.replace("refine: none", "refine: edge").replace("seed: 0", f"seed: {have}")
+            text = text.replace("refine: none", f"refine: {annotation}").replace("seed: 0", f"seed: {have}")
             config.write_text(text)
-            print(f"[evidence] generating {size - have} synthetic samples into {self.pool}", flush=True)
+            print(f"[evidence] generating {size - have} synthetic samples into {pool}", flush=True)
             subprocess.run(
                 [
                     sys.executable,
@@ -148,27 +172,27 @@ class Workspace:
                     "--config",
                     str(config),
                     "--out",
-                    str(self.pool),
+                    str(pool),
                     "--num",
                     str(size - have),
                 ],
                 check=True,
             )
-        return self.pool
+        return pool
 
-    def pool_prefix(self, size: int) -> Path:
+    def pool_prefix(self, size: int, annotation: str = "edge") -> Path:
         """A store of the pool's first `size` samples (files hard-linked), or the pool itself if it has no more."""
-        self.ensure_pool(size)
-        if count_records(self.pool) == size:
-            return self.pool
-        out = self.root / "pools" / f"n{size}"
+        pool = self.ensure_pool(size, annotation)
+        if count_records(pool) == size:
+            return pool
+        out = self.root / "pools" / (f"n{size}" if annotation == "edge" else f"n{size}_{annotation}")
         if count_records(out) == size:
             return out
         shutil.rmtree(out, ignore_errors=True)
         (out / "segments").mkdir(parents=True)
-        shutil.copy(self.pool / "store.json", out / "store.json")
+        shutil.copy(pool / "store.json", out / "store.json")
         left = size
-        for seg in sorted((self.pool / "segments").iterdir()):
+        for seg in sorted((pool / "segments").iterdir()):
             lines = (seg / "manifest.jsonl").read_bytes().splitlines(keepends=True)
             take = [ln for ln in lines if ln.endswith(b"\n")][:left]
             if not take:
@@ -177,7 +201,7 @@ class Workspace:
             for ln in take:
                 rec = json.loads(ln)
                 for key in ("image", "mask"):
-                    os.link(self.pool / rec[key], out / rec[key])
+                    os.link(pool / rec[key], out / rec[key])
             (out / "segments" / seg.name / "manifest.jsonl").write_bytes(b"".join(take))
             left -= len(take)
             if left == 0:
@@ -187,16 +211,19 @@ class Workspace:
     def scored_pool(self, size: int, run: Run, folder: Path) -> Path:
         """A copy (hard links) of the pool's first `size` samples, scored by the model of `run`'s scoring twin.
 
-        Each (budget, seed, scorer) gets its own copy because a store's mix reads the newest scores in it."""
+        Each (budget, seed, scorer, pool, rule) gets its own copy because a store's mix reads the newest scores in it."""
         twin = run.scoring_twin()
-        out = self.root / "pools" / f"n{size}_scored_by_{twin.name}"
+        rule = "" if run.min_probability == LEGACY_MIN_PROBABILITY else f"_f{run.min_probability}"
+        # the real-only twin's name holds no pool: the pool's refinement goes in the folder's name
+        pool = f"_a{run.annotation}" if run.annotation != "edge" and twin.arm == "real" else ""
+        out = self.root / "pools" / f"n{size}_scored_by_{twin.name}{pool}{rule}"
         if (out / "scores").is_dir() and any(not n.startswith(".") for n in os.listdir(out / "scores")):
             return out
         ckpt = self.root / "runs" / twin.name / "work_dirs" / twin.name / f"iter_{twin.iters}.pth"
         if not ckpt.exists():
             run_grid(self, [twin], folder, force=True)
         shutil.rmtree(out, ignore_errors=True)
-        src = self.pool_prefix(size)
+        src = self.pool_prefix(size, run.annotation)
         shutil.copytree(src, out, copy_function=os.link, ignore=shutil.ignore_patterns("writer.lock", "scores"))
         subprocess.run(
             [
@@ -213,6 +240,8 @@ class Workspace:
                 str(ckpt),
                 "--tag",
                 twin.name,
+                "--min-probability",
+                str(run.min_probability),
             ],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -273,7 +302,7 @@ def run_one(ws: Workspace, run: Run, folder: Path) -> dict:
     store_opts = []
     if run.arm != "real":
         store_opts = [
-            f"train_dataloader.dataset.store={ws.pool_prefix(run.pool)}",
+            f"train_dataloader.dataset.store={ws.pool_prefix(run.pool, run.annotation)}",
             f"train_dataloader.dataset.seed={run.seed}",
         ]
     extra: dict = {}
@@ -310,6 +339,7 @@ def run_one(ws: Workspace, run: Run, folder: Path) -> dict:
         )
         extra["scorer"] = run.scorer
         extra["scored_by"] = run.scoring_twin().name
+        extra["min_probability"] = run.min_probability
         extra["filtered_out"] = result.scalars.get("synthaug_filtered_out")
         extra["ignored_share"] = result.scalars.get("synthaug_ignored_share")
     return {
@@ -320,6 +350,7 @@ def run_one(ws: Workspace, run: Run, folder: Path) -> dict:
         "iterations": run.iters,
         "batch_size": BATCH,
         "pool": run.pool if run.arm != "real" else 0,
+        **({"annotation": run.annotation} if run.arm != "real" else {}),
         "miou": result.miou,
         "per_class_iou": result.per_class,
         "synthetic_served": result.synthetic_served,
@@ -373,14 +404,18 @@ def curve(ws: Workspace, iters: int, every: int, seed: int) -> Path:
 def grid(args: argparse.Namespace) -> list[Run]:
     if args.scaling is not None:  # the pool-size curve: its arms and budgets, every pool size asked for
         return [
-            Run(arm, budget, seed, args.iters, pool)
+            Run(arm, budget, seed, args.iters, pool, min_probability=args.min_probability)
             for seed in args.seeds
             for pool in args.scaling or SCALING_POOLS
             for budget in SCALING_BUDGETS
             for arm in SCALING_ARMS
         ]
+    if args.annotation != "edge" and "pretrain" in args.arms:
+        raise SystemExit(
+            f"--annotation {args.annotation}: pre-training is measured on the edge pool only; leave it out of --arms"
+        )
     return [
-        Run(arm, budget, seed, args.iters, args.pool, args.scorer)
+        Run(arm, budget, seed, args.iters, args.pool, args.scorer, args.annotation, args.min_probability)
         for seed in args.seeds
         for budget in args.budgets
         for arm in args.arms
@@ -434,21 +469,38 @@ class Cell:
         return self.std / self.n**0.5 if self.n > 1 else float("nan")
 
 
-def load_runs(folder: Path, iters: int, pool: int) -> list[dict]:
-    """Every run artefact of the grid with `iters` iterations (synthetic arms: with a pool of `pool`)."""
+def load_runs(folder: Path, iters: int, pool: int, annotation: str = "edge") -> list[dict]:
+    """Every run artefact of the grid with `iters` iterations (synthetic arms: a pool of `pool` samples refined
+    by `annotation`). Filtered runs by another scorer or rule than the default get arms of their own."""
     runs = []
     for path in sorted(folder.glob("evidence__*.json")):
         r = json.loads(path.read_text())
-        if r["iterations"] == iters and (r["arm"] == "real" or r["pool"] == pool):
-            if r.get("scorer") == "real":  # FreeMask's offline route: a row of its own
-                r = {**r, "arm": f"{r['arm']}_by_real"}
-            runs.append(r)
+        if "arm" not in r:  # a summary (--quick writes its own beside its runs)
+            continue
+        if r["iterations"] != iters or (r["arm"] != "real" and r["pool"] != pool):
+            continue
+        if r["arm"] != "real" and r.get("annotation", "edge") != annotation:
+            continue
+        if r["arm"].startswith("filtered"):
+            arm = r["arm"] + ("_by_real" if r.get("scorer") == "real" else "")  # FreeMask's offline route
+            # runs made before the floor was a choice used ln 2, a label probability of 0.5
+            p = r.get("min_probability", LEGACY_MIN_PROBABILITY)
+            r = {**r, "arm": arm if p == MIN_PROBABILITY else f"{arm}@p{p}"}
+        runs.append(r)
     return runs
 
 
+def arm_label(arm: str) -> str:
+    """The README's name of an arm; a filtered arm with another rule names its label probability floor."""
+    base, _, p = arm.partition("@p")
+    label = ARM_LABELS[base]
+    return f"{label} (rule p < {p})" if p else label
+
+
 def shown_arms(table: dict[tuple[str, int], Cell]) -> list[str]:
-    """The grid's arms, then any other arm the table holds (filtered by the real-only model)."""
-    return [*ARMS, *(a for a in ARM_LABELS if a not in ARMS and any(k[0] == a for k in table))]
+    """The grid's arms, then any other arm the table holds (another scorer or rule), in a stable order."""
+    others = sorted({k[0] for k in table} - set(ARMS), key=lambda a: (list(ARM_LABELS).index(a.partition("@p")[0]), a))
+    return [*ARMS, *others]
 
 
 def cells(runs: list[dict]) -> dict[tuple[str, int], Cell]:
@@ -496,13 +548,22 @@ def targets(table: dict[tuple[str, int], Cell], min_seeds: int = 3) -> dict[str,
         "standard_error": _r(se),
         "met": bool(ok and d >= -2 * se),
     }
-    gains = {b: difference(table.get(("filtered_hard", b)), table.get(("synthetic", b))) for b in BUDGETS}
-    ok = all(enough(("filtered_hard", b), ("synthetic", b)) for b in BUDGETS)
+
+    def gain(arm: str) -> dict:
+        gains = {b: difference(table.get((arm, b)), table.get(("synthetic", b))) for b in BUDGETS}
+        ok = all(enough((arm, b), ("synthetic", b)) for b in BUDGETS)
+        return {
+            "value": {f"{b}%": _r(g) for b, (g, _) in gains.items()},
+            "standard_error": {f"{b}%": _r(se) for b, (_, se) in gains.items()},
+            "met": bool(ok and all(g >= 1 and g > 2 * se for g, se in gains.values())),
+        }
+
+    rules = sorted({a.partition("@p")[2] for a, _ in table if a.partition("@p")[0] == "filtered_hard"} - {""})
     out["filtering_and_hardness_gain"] = {
-        "goal": "filtered + hardness beats synthetic as today by at least 1 mIoU at every budget (beyond 2 standard errors)",
-        "value": {f"{b}%": _r(g) for b, (g, _) in gains.items()},
-        "standard_error": {f"{b}%": _r(se) for b, (_, se) in gains.items()},
-        "met": bool(ok and all(g >= 1 and g > 2 * se for g, se in gains.values())),
+        "goal": "filtered + hardness beats synthetic as today by at least 1 mIoU at every budget (beyond 2 standard "
+        f"errors), with today's filter rule (label probability floor {MIN_PROBABILITY})",
+        **gain("filtered_hard"),
+        "other_rules": {f"min_probability {p}": gain(f"filtered_hard@p{p}") for p in rules},
     }
     return out
 
@@ -517,32 +578,46 @@ SCALING_ARMS = ("synthetic", "filtered_hard")
 
 
 def scaling(folder: Path, iters: int, min_seeds: int = 3) -> dict:
-    """mIoU against synthetic pool size at 5% and 100% real, for 'as today' and filtered + hardness."""
+    """mIoU against synthetic pool size at 5% and 100% real, for 'as today' and filtered + hardness (a curve per
+    filter rule measured)."""
     runs = [
-        json.loads(p.read_text())
-        for p in sorted(folder.glob("evidence__*.json"))
-        if "__pool-" in p.name and "__iters-" in p.name
+        r
+        for r in (json.loads(p.read_text()) for p in sorted(folder.glob("evidence__*.json")) if "__pool-" in p.name)
+        if r["iterations"] == iters
+        and r["arm"] in SCALING_ARMS
+        and r.get("annotation", "edge") == "edge"
+        and r.get("scorer", "synthetic") == "synthetic"
     ]
-    curve: dict[str, dict] = {}
+    curve: dict[str, list[dict]] = {}
     for arm in SCALING_ARMS:
-        for budget in SCALING_BUDGETS:
-            points = []
-            for pool in SCALING_POOLS:
-                vals = [
-                    r["miou"]
-                    for r in runs
-                    if (r["arm"], r["budget_percent"], r["pool"], r["iterations"]) == (arm, budget, pool, iters)
-                ]
-                if vals:
-                    c = Cell(tuple(vals))
-                    points.append({"pool": pool, "n": c.n, "mean": _r(c.mean), "std": _r(c.std)})
-            curve[f"{arm} at {budget}%"] = points
-    complete = all(len([p for p in pts if p["n"] >= min_seeds]) == len(SCALING_POOLS) for pts in curve.values())
+        rules = sorted({r.get("min_probability", LEGACY_MIN_PROBABILITY) for r in runs if r["arm"] == arm})
+        for p in rules if arm.startswith("filtered") else [None]:
+            name = arm if p in (None, MIN_PROBABILITY) else f"{arm}@p{p}"
+            for budget in SCALING_BUDGETS:
+                points = []
+                for pool in SCALING_POOLS:
+                    vals = [
+                        r["miou"]
+                        for r in runs
+                        if (r["arm"], r["budget_percent"], r["pool"]) == (arm, budget, pool)
+                        and (p is None or r.get("min_probability", LEGACY_MIN_PROBABILITY) == p)
+                    ]
+                    if vals:
+                        c = Cell(tuple(vals))
+                        points.append({"pool": pool, "n": c.n, "mean": _r(c.mean), "std": _r(c.std)})
+                curve[f"{name} at {budget}%"] = points
+
+    def complete(points: list[dict]) -> bool:
+        return len([p for p in points if p["n"] >= min_seeds]) == len(SCALING_POOLS)
+
+    plain = all(complete(curve.get(f"synthetic at {b}%", [])) for b in SCALING_BUDGETS)
+    filtered = {k.rpartition(" at ")[0] for k in curve if k.startswith("filtered")}
+    any_filtered = any(all(complete(curve[f"{f} at {b}%"]) for b in SCALING_BUDGETS) for f in filtered)
     return {
         "goal": f"mIoU against pool size {list(SCALING_POOLS)} at {list(SCALING_BUDGETS)}% real, for "
         f"{list(SCALING_ARMS)}, each with at least {min_seeds} seeds",
         "value": curve,
-        "met": complete,
+        "met": plain and any_filtered,
     }
 
 
@@ -555,9 +630,10 @@ def summarise(folder: Path, iters: int, pool: int, curve_path: Path | None, out_
     table = cells(runs)
     t = targets(table)
     t["scaling_curve"] = scaling(folder, iters)
+    noisy = noisy_pool(folder, iters, pool, table)
     lines = [f"{'arm':<56}" + "".join(f"{f'{b}% real':>18}" for b in BUDGETS)]
     for arm in shown_arms(table):
-        row = f"{ARM_LABELS[arm]:<56}"
+        row = f"{arm_label(arm):<56}"
         for b in BUDGETS:
             c = table.get((arm, b))
             row += f"{f'{c.mean:.1f} ± {c.std:.1f} (n={c.n})' if c else '-':>18}"
@@ -591,6 +667,7 @@ def summarise(folder: Path, iters: int, pool: int, curve_path: Path | None, out_
                 for (a, b), c in sorted(table.items())
             ],
             "targets": t,
+            "noisy_pool": noisy,
             "learning_curve": curve_path.name if curve_path else None,
             "plot": plot.name,
             "runs": runs,
@@ -599,16 +676,45 @@ def summarise(folder: Path, iters: int, pool: int, curve_path: Path | None, out_
     return out
 
 
-def markdown_table(table: dict[tuple[str, int], Cell]) -> str:
+def noisy_pool(folder: Path, iters: int, pool: int, edge: dict[tuple[str, int], Cell]) -> dict | None:
+    """The arms on the pool without mask refinement (noisier masks), beside the same arms on the edge pool, and
+    what filtering (+ hardness) gains on each: does filtering help where there is noise to remove?"""
+    runs = [r for r in load_runs(folder, iters, pool, annotation="none") if r["arm"] != "real"]
+    if not runs:
+        return None
+    table = cells(runs)
+    print("\nthe pool without mask refinement:\n" + markdown_table(table, arms=sorted({a for a, _ in table})))
+    gains = {}
+    for arm in sorted({a for a, _ in table} - {"synthetic"}):
+        for b in BUDGETS:
+            for pool_name, cells_ in (("none", table), ("edge", edge)):
+                d, se = difference(cells_.get((arm, b)), cells_.get(("synthetic", b)))
+                if d == d:
+                    gains[f"{arm_label(arm)} - as today, {b}%, {pool_name} pool"] = {
+                        "value": _r(d),
+                        "standard_error": _r(se),
+                    }
+    return {
+        "what": "the same arms on a pool of the same prompts and seeds whose masks were not refined (refine: none)",
+        "table": [
+            {"arm": a, "budget_percent": b, "n": c.n, "mean": _r(c.mean), "std": _r(c.std), "values": list(c.values)}
+            for (a, b), c in sorted(table.items())
+        ],
+        "gains": gains,
+        "runs": runs,
+    }
+
+
+def markdown_table(table: dict[tuple[str, int], Cell], arms: list[str] | None = None) -> str:
     """The table as the README shows it: mean ± standard deviation (seeds) per arm and budget."""
     rows = ["| arm | " + " | ".join(f"{b}% real" for b in BUDGETS) + " |", "|---|" + "---|" * len(BUDGETS)]
-    for arm in shown_arms(table):
+    for arm in arms if arms is not None else shown_arms(table):
         cells_ = [table.get((arm, b)) for b in BUDGETS]
         text = [
             f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})" if c and c.n > 1 else (f"{c.mean:.1f} (n=1)" if c else "-")
             for c in cells_
         ]
-        rows.append(f"| {ARM_LABELS[arm]} | " + " | ".join(text) + " |")
+        rows.append(f"| {arm_label(arm)} | " + " | ".join(text) + " |")
     return "\n".join(rows)
 
 
@@ -637,7 +743,7 @@ def plot_table(table: dict[tuple[str, int], Cell], path: Path, iters: int, pool:
             yerr=[0 if c.n < 2 else c.std for _, c in pts],
             marker="o",
             capsize=3,
-            label=f"{ARM_LABELS[arm]} (n={seed_counts([c for _, c in pts])})",
+            label=f"{arm_label(arm)} (n={seed_counts([c for _, c in pts])})",
         )
     ax.set_xscale("log")
     ax.set_xticks(list(BUDGETS), [f"{b}%" for b in BUDGETS])
@@ -671,16 +777,33 @@ def main() -> None:
     ap.add_argument("--summary", action="store_true", help="only summarise the runs made so far")
     ap.add_argument("--scorer", choices=SCORERS, default="synthetic", help="filtered arms: whose model scores the pool")
     ap.add_argument(
+        "--annotation", choices=ANNOTATIONS, default="edge", help="the pool's mask refinement (none: a noisier pool)"
+    )
+    ap.add_argument(
+        "--min-probability",
+        type=float,
+        default=MIN_PROBABILITY,
+        help=f"filtered arms: the rule's label probability floor (default {MIN_PROBABILITY})",
+    )
+    ap.add_argument(
         "--scaling", type=int, nargs="*", default=None, help=f"the pool-size curve for these sizes ({SCALING_POOLS})"
     )
     args = ap.parse_args()
+    try:
+        FilterRule(min_probability=args.min_probability)
+    except ValueError as err:
+        ap.error(f"--min-probability: {err}")
+    if args.scaling is not None and (args.annotation, args.scorer) != ("edge", "synthetic"):
+        ap.error(
+            "--scaling is measured on the edge pool, scored by the mix's own model: leave out --annotation/--scorer"
+        )
     ws = Workspace(args.work)
     if args.curve:
         curve(ws, args.iters, args.every, args.seeds[0])
         return
     if args.prepare:
         ws.toy_data()
-        ws.ensure_pool(args.pool)
+        ws.ensure_pool(args.pool, args.annotation)
         return
     folder = RUNS
     if args.quick:  # its results are not evidence: they stay in the work folder
@@ -689,7 +812,7 @@ def main() -> None:
         run_grid(ws, grid(args), folder)
     curves = sorted(RESULTS.glob("evidence_curve__*.json"))
     if args.quick:
-        summarise(folder, args.iters, args.pool, None, out_dir=folder)
+        summarise(folder, args.iters, args.pool, None, out_dir=folder / "summary")
     else:
         summarise(folder, args.iters, args.pool, curves[-1] if curves else None)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command imports it when it runs, so that --help stays light
     from synthaug.config import GenerationConfig
+    from synthaug.scoring import LiveScoring
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -75,25 +76,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.nice:
         os.nice(args.nice)  # yield the CPU to the training run it feeds
-    scoring = None
-    if (args.score_config is None) != (args.score_work_dir is None):
-        raise ValueError(
-            "--score-config and --score-work-dir go together: the config and where its run writes checkpoints"
-        )
-    if args.score_config is not None:
-        from synthaug.scoring import LiveScoring
-
-        classes, class_map = _class_options(args, "score_")
-        scoring = LiveScoring(
-            args.score_config,
-            args.score_work_dir,
-            args.score_framework,
-            cfg.device,
-            args.margin,
-            args.score_every,
-            classes,
-            class_map,
-        )
+    scoring = _live_scoring(args, cfg.device)
     producer = Producer(
         cfg,
         args.store,
@@ -232,10 +215,37 @@ def _class_options(args: argparse.Namespace, prefix: str) -> tuple[tuple[str, ..
     return classes, (parse_class_map(entries, f"--{prefix.replace('_', '-')}class-map") if entries else None)
 
 
+def _live_scoring(args: argparse.Namespace, device: str) -> LiveScoring | None:
+    """The producer's LiveScoring from `synthaug produce`'s options (None without --score-config)."""
+    if args.score_config is None and args.min_probability is not None:
+        raise ValueError("--min-probability sets live scoring's rule: give --score-config and --score-work-dir too")
+    if (args.score_config is None) != (args.score_work_dir is None):
+        raise ValueError(
+            "--score-config and --score-work-dir go together: the config and where its run writes checkpoints"
+        )
+    if args.score_config is None:
+        return None
+    from synthaug.scoring import LiveScoring
+
+    classes, class_map = _class_options(args, "score_")
+    return LiveScoring(
+        args.score_config,
+        args.score_work_dir,
+        args.score_framework,
+        device,
+        args.margin,
+        args.score_every,
+        classes,
+        class_map,
+        args.min_probability,
+    )
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from synthaug.scoring import FilterRule, Scores, load_loss_model, score_store
 
     classes, class_map = _class_options(args, "")
+    rule = FilterRule(margin=args.margin, min_probability=args.min_probability)  # a bad value fails before loading
     model = load_loss_model(args.framework, args.config, args.checkpoint, args.device, classes)
 
     def progress(done: int, total: int) -> None:
@@ -244,7 +254,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     path = score_store(
         args.store,
         model,
-        FilterRule(margin=args.margin),
+        rule,
         tag=args.tag or Path(args.checkpoint).stem,
         batch_size=args.batch_size,
         progress=progress if sys.stderr.isatty() else None,
@@ -255,6 +265,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for name, share in header["class_ignored_share"].items():
         print(f"  {name}: mean loss {header['class_mean_loss'][name]}, ignored share {share}")
     return 0
+
+
+def _add_min_probability(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument(
+        "--min-probability",
+        type=float,
+        default=None,
+        help=f"{prefix}never ignore a pixel whose label the model gives at least this probability (an instance: "
+        "its mask's geometric mean probability); default 0.1 for a semantic model, 0.5 for an instance model",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument(
         "--margin", type=float, default=1.25, help="scoring: ignore pixels above margin x their class's median loss"
     )
+    _add_min_probability(prod, "scoring: ")
     prod.add_argument("--hardness-bias", action="store_true", help="prompt for hard classes more often (needs scores)")
     prod.add_argument("--hardness-cap", type=float, default=3.0, help="largest class weight over the mean (default: 3)")
     prod.set_defaults(func=_cmd_produce)
@@ -389,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--checkpoint", required=True, help="a checkpoint of that config (trained on the store's classes)")
     sc.add_argument("--device", default="cpu")
     sc.add_argument("--margin", type=float, default=1.25, help="ignore pixels above margin x their class's median loss")
+    _add_min_probability(sc, "")
     sc.add_argument("--batch-size", type=int, default=16)
     sc.add_argument("--tag", default=None, help="a name for the scores file (default: the checkpoint's name)")
     sc.set_defaults(func=_cmd_score)

@@ -4,15 +4,23 @@ A segmentation model (trained on real data, or the one being trained) runs on ev
 and gives each labelled pixel its cross-entropy loss. Per class c, a pixel whose loss is abnormal for
 its class is ignored (set to 255) when the mix serves the sample:
 
-    ignore pixel p of class c  iff  loss(p) > max(margin * median_c, floor)
+    ignore pixel p of class c  iff  loss(p) > max(margin * median_c, floor),  floor = -ln(min_probability)
 
 median_c is the median loss of the class-c pixels of every scored sample. FreeMask compares with the
 class mean; the median is used because the noise itself inflates the mean (planted noise, a toy FCN
 trained 400 iterations: margin 1.25 x mean ignored 66% of the planted pixels, x median 87%, with 7% of
-the right ones). floor = ln 2: a pixel whose labelled class keeps at least half the model's probability
-is never ignored, however small the class's typical loss. A sample whose ignored share of labelled
-pixels passes the mix's `max_ignored` leaves the mix. A sample's hardness is the mean loss of the
-pixels it keeps (hard but clean), which the 'hardness' pool policy draws by.
+the right ones). The floor keeps every pixel whose label the model gives at least `min_probability`,
+however small the class's typical loss; it depends on the model's loss:
+- a softmax over the classes (semantic): 0.1, a pixel the model is sure belongs to another class. With
+  0.5 (the first default), a toy FCN trained 3000 iterations ignored 9.6% of the labelled pixels of the
+  evidence pool, 96% of them right by colour truth (edges, and the class it was worst at); with 0.1, 1.3%
+  (benchmarks/loss_filter_truth.py, artefact loss_filter_truth__pool-edge__*.json). On the noisier pool
+  without mask refinement, 0.1 ignored 1.7%, of which 69% wrong (0.5: 10%, of which 34%).
+- an instance mask (detectron2's mask head): 0.5. An instance's loss is its mask's mean binary
+  cross-entropy, given to all its pixels: above ln 2, the model gives the instance's mask a geometric mean
+  probability under one half.
+A sample whose ignored share of labelled pixels passes the mix's `max_ignored` leaves the mix. A sample's
+hardness is the mean loss of the pixels it keeps (hard but clean), which the 'hardness' pool policy draws by.
 
 Scores live in STORE/scores/<time>-<tag>.jsonl, one file per scoring pass (one checkpoint): a header
 line, then one line per sample. A file is written under a hidden temporary name and renamed into place,
@@ -57,6 +65,11 @@ INSTANCE_IGNORED_DROP = 0.5
 MAX_LOSS = 1e4
 #: The frameworks whose models can score a store (their loss models live in synthaug.integrations).
 FRAMEWORKS = ("mmseg", "detectron2")
+#: The filter's default floor per kind of loss, as the label probability under which a pixel may be ignored
+#: (see the module docstring): a softmax over classes, and an instance's binary mask.
+SEMANTIC_MIN_PROBABILITY = 0.1
+INSTANCE_MIN_PROBABILITY = 0.5
+DEFAULT_MIN_PROBABILITY = {"sem_seg": SEMANTIC_MIN_PROBABILITY, "instance": INSTANCE_MIN_PROBABILITY}
 
 
 class LossModel(Protocol):
@@ -66,6 +79,9 @@ class LossModel(Protocol):
     classes: Sequence[str]
     #: What produced the model (a checkpoint path), recorded with the scores.
     name: str
+    #: 'sem_seg' (per-pixel softmax cross-entropy) or 'instance' (each instance's binary mask loss): picks the
+    #: filter's default floor.
+    task: str
 
     def pixel_loss(self, samples: list[Sample]) -> list[np.ndarray]:
         """(H, W) float loss of each sample's labels (already in the model's ids) under the model, per pixel;
@@ -77,24 +93,53 @@ class LossModel(Protocol):
 LOSS_BINS = np.geomspace(1e-4, 100.0, 1025)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FilterRule:
-    """Which pixels are noise: loss > max(margin * class median loss, floor) (see the module docstring)."""
+    """Which pixels are noise: loss > max(margin * class median loss, -ln min_probability) (module docstring).
+
+    min_probability None: the default of the scoring model's kind of loss (DEFAULT_MIN_PROBABILITY)."""
 
     margin: float = 1.25
-    floor: float = math.log(2)
+    min_probability: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.margin > 0:
-            raise ValueError(f"margin={self.margin} must be > 0 (a multiple of the class median loss; 1.25 by default)")
-        if not self.floor >= 0:
-            raise ValueError(f"floor={self.floor} must be >= 0 (a loss; ln 2 by default)")
+        if not (_is_number(self.margin) and self.margin > 0 and math.isfinite(self.margin)):
+            raise ValueError(
+                f"margin={self.margin!r} must be a number > 0 (a multiple of the class median loss; 1.25 by default)"
+            )
+        p = self.min_probability
+        if p is not None and not (_is_number(p) and 0 < p <= 1):
+            raise ValueError(
+                f"min_probability={p!r} must be a number in (0, 1]: the label probability under which a pixel may be "
+                "ignored "
+                f"(default {SEMANTIC_MIN_PROBABILITY} for semantic models, {INSTANCE_MIN_PROBABILITY} for instance masks)"
+            )
+
+    def for_task(self, task: str) -> FilterRule:
+        """This rule with its floor set for a model of `task` ('sem_seg' or 'instance') where it was left open."""
+        if self.min_probability is not None:
+            return self
+        if task not in DEFAULT_MIN_PROBABILITY:
+            raise ValueError(f"task={task!r}: a loss model is {list(DEFAULT_MIN_PROBABILITY)}")
+        return FilterRule(margin=self.margin, min_probability=DEFAULT_MIN_PROBABILITY[task])
+
+    @property
+    def floor(self) -> float:
+        """The loss under which no pixel is ignored: -ln(min_probability)."""
+        if self.min_probability is None:
+            raise ValueError("the rule's min_probability is open: take rule.for_task(model.task) first")
+        return -math.log(self.min_probability)
 
     def thresholds(self, histograms: np.ndarray) -> np.ndarray:
         """Per class id: the loss above which a pixel of that class is ignored (inf for unseen classes).
 
         `histograms`: (classes, len(LOSS_BINS) + 1) pixel counts per loss bin (see loss_histograms)."""
         return np.maximum(self.margin * class_medians(histograms), self.floor)
+
+
+def _is_number(x: object) -> bool:
+    """A real number (True and False are not: a YAML `true` is a mistake, not 1)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def loss_histograms(class_ids: np.ndarray, loss: np.ndarray, n_classes: int) -> np.ndarray:
@@ -185,6 +230,14 @@ def score_store(
     class.
     """
     rule = rule or FilterRule()
+    if rule.min_probability is None:
+        task = getattr(model, "task", None)
+        if task not in DEFAULT_MIN_PROBABILITY:
+            raise ValueError(
+                f"{type(model).__name__}.task={task!r}: a loss model says which kind it is ({list(DEFAULT_MIN_PROBABILITY)}) "
+                "so that the filter's floor fits it; or give FilterRule(min_probability=...)"
+            )
+        rule = rule.for_task(task)
     st = SampleStore(store)
     names = st.vocabulary.names
     lut = class_lut(st.vocabulary, model.classes, class_map)
@@ -253,7 +306,7 @@ def score_store(
         "checkpoint": str(model.name),
         "classes": list(names),
         "model_classes": list(model.classes),
-        "rule": {"margin": rule.margin, "floor": rule.floor},
+        "rule": {"margin": rule.margin, "min_probability": rule.min_probability, "floor": rule.floor},
         "created": time.time(),
         "samples": len(lines),
         "unreadable": unreadable,
@@ -515,8 +568,11 @@ class LiveScoring:
     #: the model's class names where the checkpoint does not hold them (detectron2), and the mix's class map
     classes: tuple[str, ...] | None = None
     class_map: Mapping[str, str | int | None] | None = None
+    #: the rule's label probability floor; None: the default of the model's kind of loss
+    min_probability: float | None = None
 
     def __post_init__(self) -> None:
+        FilterRule(margin=self.margin, min_probability=self.min_probability)  # a bad margin or floor fails at start
         if self.framework not in FRAMEWORKS:
             raise ValueError(f"framework={self.framework!r}: scoring supports {list(FRAMEWORKS)}")
         if self.every < 1:
@@ -528,7 +584,7 @@ class LiveScorer:
 
     def __init__(self, store: str | Path, settings: LiveScoring) -> None:
         self.store, self.settings = Path(store), settings
-        self.rule = FilterRule(margin=settings.margin)
+        self.rule = FilterRule(margin=settings.margin, min_probability=settings.min_probability)
         self.scored: tuple[str, float] | None = None
         self.runs = 0
 

@@ -45,7 +45,8 @@ class ProducerSupervisor:
         score: dict[str, Any] | None = None,
         hardness_bias: bool = False,
     ) -> None:
-        """`score`: dict(config=the training config, work_dir=its work dir, every=N batches, margin=1.25, and
+        """`score`: dict(config=the training config, work_dir=its work dir, every=N batches, margin=1.25,
+        min_probability=None (the rule's floor; None: the model kind's default),
         framework='mmseg'|'detectron2', classes=the model's class names, class_map=the mix's class map where
         needed): the producer re-scores the store with each new checkpoint. `hardness_bias`: it prompts for hard
         classes more."""
@@ -58,12 +59,20 @@ class ProducerSupervisor:
         # A CPU producer shares the cores with the training run: with as many threads as cores and
         # the same priority it slowed mmseg's iterations 60x (measured); one low-priority thread does not.
         self.cpu_threads, self.nice = cpu_threads, nice
-        unknown = set(score or {}) - {"config", "work_dir", "every", "margin", "framework", "classes", "class_map"}
+        keys = {"config", "work_dir", "every", "margin", "min_probability", "framework", "classes", "class_map"}
+        unknown = set(score or {}) - keys
         if score is not None and (unknown or not {"config", "work_dir"} <= set(score)):
             raise ValueError(
                 f"score={score}: give dict(config=<training config>, work_dir=<its work dir>, every=1, margin=1.25)"
                 + (f"; unknown keys {sorted(unknown)}" if unknown else "")
             )
+        if score is not None:
+            from synthaug.scoring import FilterRule
+
+            try:
+                FilterRule(margin=score.get("margin", 1.25), min_probability=score.get("min_probability"))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"score={score}: {err}") from None
         self.score, self.hardness_bias = dict(score or {}), hardness_bias
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -89,6 +98,8 @@ class ProducerSupervisor:
             cmd += ["--score-config", str(self.score["config"]), "--score-work-dir", str(self.score["work_dir"])]
             cmd += ["--score-every", str(self.score.get("every", 1)), "--margin", str(self.score.get("margin", 1.25))]
             cmd += ["--score-framework", str(self.score.get("framework", "mmseg"))]
+            if self.score.get("min_probability") is not None:
+                cmd += ["--min-probability", repr(float(self.score["min_probability"]))]
             if self.score.get("classes"):
                 cmd += ["--score-classes", json.dumps(list(self.score["classes"]))]  # names may hold commas
             for name, target in dict(self.score.get("class_map") or {}).items():

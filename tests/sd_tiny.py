@@ -99,6 +99,38 @@ def make_tiny_sd(path: Path) -> Path:
     return save_sd_folder(path / "tiny-sd", unet, vae, text_encoder, tokenizer)
 
 
+def make_tiny_sd2(path: Path) -> Path:
+    """SD 2.x's shape: a v-prediction scheduler, linear projections in the transformer blocks, per-block head
+    sizes, attention upcast to fp32, and an OpenCLIP-style text encoder (GELU)."""
+    from diffusers import UNet2DConditionModel
+
+    from synthaug.random_sd import clip_text_encoder, save_sd_folder
+
+    torch.manual_seed(0)
+    path = Path(path)
+    tokenizer = tiny_clip_tokenizer(path / "_tok_src", pad_token="!")  # SD 2's tokenizer pads with "!"
+    text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16, hidden_act="gelu")
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        upcast_attention=True,
+        norm_num_groups=8,
+    )
+    folder = save_sd_folder(path / "tiny-sd2", unet, tiny_vae(), text_encoder, tokenizer)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
+    return folder
+
+
 def make_tiny_sdxl(path: Path) -> Path:
     """A tiny SDXL folder: two CLIP text encoders (the second with a projection, for the pooled text) whose
     hidden states are concatenated as the UNet's cross-attention keys, and the added time and text

@@ -1,4 +1,5 @@
-"""Every supported diffusers pipeline runs its own loop under synthaug's capture: SDXL, PixArt, SD3, FLUX.
+"""Every supported diffusers pipeline runs its own loop under synthaug's capture: SD 2.x, SDXL, PixArt, SD3,
+FLUX (SD 1.x: the toy model and tests/test_generation.py).
 
 Each model is a tiny random-weight one built from diffusers' own model classes (as diffusers' tests
 build theirs), saved to a folder and loaded by path, as a user's would be.
@@ -26,7 +27,7 @@ from synthaug.store import SampleStore
 sys.path.insert(0, str(Path(__file__).parent))
 import sd_tiny
 
-KINDS = ("sdxl", "pixart", "sd3", "flux")
+KINDS = ("sd2", "sdxl", "pixart", "sd3", "flux")
 VOCAB = {
     "names": ["background", "cat", "dog", "motorcycle"],
     "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]],
@@ -95,6 +96,28 @@ def test_capture_fills_the_token_grid_and_leaves_images_unchanged(kind, models):
     # Distributions over the text keys and over the image keys, one row per image token.
     assert torch.allclose(cross.sum(-1), torch.ones(2, grid, grid), atol=1e-4)
     assert torch.allclose(self_.sum(-1), torch.ones(2, grid * grid), atol=1e-4)
+
+
+def test_sd2_v_prediction_reaches_the_pipelines_loop_and_survives_a_scheduler_choice(folders, models, tmp_path):
+    """A v-prediction folder denoises as v-prediction: its images differ from the same weights read as epsilon,
+    and a --scheduler choice keeps the folder's prediction type (and beta schedule) instead of the class's."""
+    import shutil
+
+    run = dict(prompts=PROMPTS, seeds=[1, 2], steps=2, guidance=4.0, height=64, width=64)
+    v = models["sd2"]
+    assert v.scheduler.config.prediction_type == "v_prediction"
+    euler = load_model(folders["sd2"], scheduler="euler")
+    assert type(euler.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert euler.scheduler.config.prediction_type == "v_prediction"
+    assert euler.scheduler.config.beta_schedule == "scaled_linear"
+    eps_folder = tmp_path / "sd2-eps"
+    shutil.copytree(folders["sd2"], eps_folder)
+    config_file = eps_folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "epsilon"}))
+    eps = load_model(eps_folder)
+    assert eps.scheduler.config.prediction_type == "epsilon"
+    assert (generate_batch(v, **run).images != generate_batch(eps, **run).images).any()
+    assert (generate_batch(v, **run).images == generate_batch(load_model(folders["sd2"]), **run).images).all()
 
 
 def test_sd3_capture_reuses_the_layers_own_projections(models):

@@ -58,7 +58,7 @@ class ExactModel:
     """A LossModel that knows every sample's true mask: loss RIGHT where the label is true, WRONG elsewhere."""
 
     def __init__(self, truths: dict[int, np.ndarray], classes=NAMES, fail_after: int | None = None) -> None:
-        self.truths, self.classes, self.name = truths, list(classes), "exact"
+        self.truths, self.classes, self.name, self.task = truths, list(classes), "exact", "sem_seg"
         self.calls, self.fail_after = 0, fail_after
 
     def pixel_loss(self, samples: list[Sample]) -> list[np.ndarray]:
@@ -88,7 +88,7 @@ def noisy(tmp_path) -> tuple[Path, dict[int, np.ndarray], dict[str, np.ndarray]]
 
 
 def test_rule_thresholds_follow_class_medians_with_a_floor():
-    rule = FilterRule(margin=1.5, floor=0.5)
+    rule = FilterRule(margin=1.5, min_probability=math.exp(-0.5))
     ids = np.array([0] * 5 + [1] * 5)
     loss = np.array([0.1, 0.1, 0.1, 0.1, 9.0, 2.0, 3.0, 4.0, 5.0, 90.0])  # outliers do not move a median
     t = rule.thresholds(loss_histograms(ids, loss, 3))
@@ -97,6 +97,52 @@ def test_rule_thresholds_follow_class_medians_with_a_floor():
     assert math.isinf(t[2])  # a class no sample has ignores nothing
     with pytest.raises(ValueError, match="margin=0"):
         FilterRule(margin=0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan"), True, "0.2"])
+def test_a_label_probability_floor_outside_0_1_is_refused_naming_it(bad):
+    with pytest.raises(ValueError, match=r"min_probability=.* must be a number in \(0, 1\]"):
+        FilterRule(min_probability=bad)
+    with pytest.raises(ValueError, match=r"margin='2' must be a number > 0"):
+        FilterRule(margin="2")
+    with pytest.raises(TypeError):  # keyword-only: FilterRule(1.25, 0.5) cannot be read as a loss floor
+        FilterRule(1.25, 0.5)
+
+
+def test_the_floor_defaults_by_the_kind_of_loss():
+    """A softmax model's unsure pixel (label probability 0.3, as at an edge) is kept; an instance mask's pixel
+    that the model's own mask leaves out (0.3 < 0.5) is ignored; an explicit floor wins over both."""
+    ids, loss = np.zeros(100, np.int64), np.full(100, 0.01)
+    loss[0] = -math.log(0.3)
+    hist = loss_histograms(ids, loss, 1)
+    semantic, instance = FilterRule().for_task("sem_seg"), FilterRule().for_task("instance")
+    assert semantic.min_probability == 0.1 and instance.min_probability == 0.5
+    assert loss[0] < semantic.thresholds(hist)[0] and loss[0] > instance.thresholds(hist)[0]
+    assert FilterRule(min_probability=0.2).for_task("instance").floor == pytest.approx(-math.log(0.2))
+    with pytest.raises(ValueError, match=r"take rule\.for_task"):
+        _ = FilterRule().floor
+    with pytest.raises(ValueError, match="task='panoptic'"):
+        FilterRule().for_task("panoptic")
+
+
+def test_the_scores_header_records_the_rule_it_used_by_the_models_kind(noisy):
+    """The floor left open is the scoring model's kind's (semantic 0.1, instance 0.5); an explicit one is kept;
+    a model that does not say its kind is refused unless the rule gives the floor."""
+    store, truths, _ = noisy
+    header = Scores.read(score_store(store, ExactModel(truths))).header
+    assert header["rule"] == {"margin": 1.25, "min_probability": 0.1, "floor": pytest.approx(-math.log(0.1))}
+
+    instance = ExactModel(truths)
+    instance.task = "instance"
+    assert Scores.read(score_store(store, instance)).header["rule"]["min_probability"] == 0.5
+    explicit = score_store(store, instance, FilterRule(min_probability=0.3))
+    assert Scores.read(explicit).header["rule"]["min_probability"] == 0.3
+
+    unnamed = ExactModel(truths)
+    del unnamed.task
+    with pytest.raises(ValueError, match=r"ExactModel\.task=None"):
+        score_store(store, unnamed)
+    assert Scores.read(score_store(store, unnamed, FilterRule(min_probability=0.5))).header["rule"]["floor"] > 0
 
 
 def test_judge_ignores_only_pixels_over_their_class_threshold():
@@ -392,11 +438,27 @@ def test_live_scoring_settings_reach_the_producer_command_line_intact(tmp_path):
         classes=["circle", "road, route", "big box", "triangle"],  # ADE20K's names hold commas
         class_map={"square": "big box", "background": None},
         every=3,
+        min_probability=0.2,
     )
     cmd = ProducerSupervisor(tmp_path / "store", score=score).command()
     args = build_parser().parse_args(cmd[cmd.index("produce") :])
     classes, class_map = _class_options(args, "score_")
-    assert args.score_framework == "detectron2" and args.score_every == 3
+    assert args.score_framework == "detectron2" and args.score_every == 3 and args.min_probability == 0.2
+    assert build_parser().parse_args(["produce", "--store", "s"]).min_probability is None  # the model's default
+    from synthaug.cli import _live_scoring
+
+    live = _live_scoring(args, "cpu")
+    assert (live.framework, live.every, live.min_probability, live.margin) == ("detectron2", 3, 0.2, 1.25)
+    assert live.classes == classes and dict(live.class_map) == class_map
+    alone = build_parser().parse_args(["produce", "--store", "s", "--min-probability", "0.2"])
+    with pytest.raises(ValueError, match="--min-probability sets live scoring's rule: give --score-config"):
+        _live_scoring(alone, "cpu")
+    with pytest.raises(ValueError, match=r"min_probability=True must be a number"):
+        ProducerSupervisor(tmp_path / "store", score={**score, "min_probability": True})
+    with pytest.raises(ValueError, match=r"min_probability=2 must be a number in \(0, 1\]"):
+        ProducerSupervisor(tmp_path / "store", score={**score, "min_probability": 2})
+    with pytest.raises(ValueError, match=r"min_probability=0 must be a number in \(0, 1\]"):
+        LiveScoring(tmp_path / "c.yaml", tmp_path, min_probability=0)
     assert classes == ("circle", "road, route", "big box", "triangle")
     assert class_map == {"square": "big box", "background": None}
     with pytest.raises(ValueError, match="framework='caffe'"):

@@ -53,6 +53,8 @@ def add_synthaug_config(cfg: CfgNode) -> CfgNode:
     cfg.SYNTHAUG.PRODUCER.SCORE = False
     cfg.SYNTHAUG.PRODUCER.SCORE_EVERY = 1  # look for a new checkpoint every N generated batches
     cfg.SYNTHAUG.PRODUCER.SCORE_MARGIN = 1.25
+    # the filter's label probability floor; None: the default of the model's kind (synthaug.scoring)
+    cfg.SYNTHAUG.PRODUCER.SCORE_MIN_PROBABILITY = None
     cfg.SYNTHAUG.PRODUCER.HARDNESS_BIAS = False
     cfg.SYNTHAUG.EMPTY = "error"  # or "wait": wait for a producer's first samples
     cfg.SYNTHAUG.WAIT_TIMEOUT = 600.0
@@ -156,6 +158,12 @@ def producer_from_cfg(cfg: CfgNode) -> SyntheticProducerHook | None:
                 f"SYNTHAUG.PRODUCER.SCORE_EVERY={p.SCORE_EVERY} / SCORE_MARGIN={p.SCORE_MARGIN}: use an every >= 1 "
                 "(batches between checkpoint polls) and a margin > 0 (1.25 by default)"
             )
+        floor = p.SCORE_MIN_PROBABILITY
+        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor <= 1):
+            raise ValueError(
+                f"SYNTHAUG.PRODUCER.SCORE_MIN_PROBABILITY={floor!r}: use a label probability in (0, 1], or None for "
+                "the model's default (0.5 for instance masks, 0.1 for a semantic model)"
+            )
         saved = os.path.join(cfg.OUTPUT_DIR, "synthaug_scoring_config.yaml")
         if comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -166,6 +174,7 @@ def producer_from_cfg(cfg: CfgNode) -> SyntheticProducerHook | None:
             work_dir=cfg.OUTPUT_DIR,
             every=p.SCORE_EVERY,
             margin=p.SCORE_MARGIN,
+            min_probability=p.SCORE_MIN_PROBABILITY,
             framework="detectron2",
             classes=dataset_classes(list(cfg.DATASETS.TRAIN), s.TASK),
             class_map=parse_class_map(s.CLASS_MAP, "SYNTHAUG.CLASS_MAP") or None,

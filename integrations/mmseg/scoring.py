@@ -22,6 +22,8 @@ from synthaug.vocabulary import IGNORE_INDEX
 class MMSegLossModel:
     """An mmseg segmentor from `config` and `checkpoint`, giving per-pixel cross-entropy (synthaug.scoring.LossModel)."""
 
+    task = "sem_seg"
+
     def __init__(self, config: str | Path, checkpoint: str | Path, device: str = "cpu") -> None:
         from mmseg.apis import init_model
 

@@ -394,6 +394,11 @@ def test_live_scoring_keys_without_a_producer_or_with_bad_values_fail_at_start_n
     cfg.SYNTHAUG.PRODUCER.CONFIG, cfg.SYNTHAUG.PRODUCER.SCORE_EVERY = "gen.yaml", 0
     with pytest.raises(ValueError, match=r"SYNTHAUG.PRODUCER.SCORE_EVERY=0"):
         producer_from_cfg(cfg)
+    cfg.SYNTHAUG.PRODUCER.SCORE_EVERY = 1
+    for bad in (2.0, 0.0, True, "x"):  # a YAML `true` or a string reaches yacs' None default unchecked
+        cfg.SYNTHAUG.PRODUCER.SCORE_MIN_PROBABILITY = bad
+        with pytest.raises(ValueError, match=r"SYNTHAUG.PRODUCER.SCORE_MIN_PROBABILITY=.*: use a label probability"):
+            producer_from_cfg(cfg)
     cfg.SYNTHAUG.PRODUCER.SCORE = False
     cfg.SYNTHAUG.STORE = ""
     assert producer_from_cfg(cfg) is None

@@ -30,7 +30,7 @@ def plant(store: Path, n: int, vocabulary=TOY_VOCABULARY) -> dict[str, np.ndarra
     return write_planted_store(store, n, vocabulary=vocabulary)
 
 
-def score(store: Path, checkpoint: Path) -> subprocess.CompletedProcess:
+def score(store: Path, checkpoint: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -41,6 +41,7 @@ def score(store: Path, checkpoint: Path) -> subprocess.CompletedProcess:
         str(REAL_CONFIG),
         "--checkpoint",
         str(checkpoint),
+        *extra,
     ]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -90,6 +91,19 @@ def test_filtering_removes_planted_noise_and_training_uses_it(trained):
     print(f"planted removed {removed / n_planted:.3f}, right removed {right_removed / n_right:.3f}")
     assert removed / n_planted >= 0.80
     assert right_removed / n_right <= 0.10
+    assert scores.header["rule"]["min_probability"] == 0.1  # a semantic model's default floor
+
+    # --min-probability reaches the rule: the first default (0.5) ignores more right pixels, on top of these
+    r = score(store, checkpoint, "--min-probability", "0.5", "--tag", "floor-0.5")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    loose = Scores.newest(store, NAMES)
+    assert loose.header["rule"]["min_probability"] == 0.5 and loose.path != scores.path
+    more = sum(int((loose.apply(st.read_record(rec)).mask == 255).sum()) for rec in st)
+    assert more > removed + right_removed
+    r = score(store, checkpoint, "--min-probability", "1.5")
+    assert r.returncode != 0 and "min_probability=1.5 must be a number in (0, 1]" in r.stderr
+    assert Scores.newest(store, NAMES).path == loose.path  # a refused rule writes nothing
+    (loose.path).unlink()  # the mix below reads the default rule's scores
 
     r = train(
         trained,
