@@ -86,10 +86,13 @@ class Run:
         pool = f"_p{self.pool}" if self.arm != "real" else ""
         if pool and self.annotation != "edge":
             pool += f"_a{self.annotation}"
-        scorer = f"_by{self.scorer}" if self.filtered else ""
-        if self.filtered and self.min_probability != LEGACY_MIN_PROBABILITY:
-            scorer += f"_f{self.min_probability}"
+        scorer = f"_by{self.scorer}{self.rule_suffix}" if self.filtered else ""
         return f"{self.arm}_b{self.budget}_s{self.seed}_i{self.iters}{pool}{scorer}"
+
+    @property
+    def rule_suffix(self) -> str:
+        """The filter rule in names: none for the first grid's floor, so that its runs and pools keep theirs."""
+        return "" if self.min_probability == LEGACY_MIN_PROBABILITY else f"_f{self.min_probability}"
 
     def scoring_twin(self) -> Run:
         """The run of the same budget, seed, schedule and pool whose final model scores a filtered arm's pool:
@@ -213,10 +216,9 @@ class Workspace:
 
         Each (budget, seed, scorer, pool, rule) gets its own copy because a store's mix reads the newest scores in it."""
         twin = run.scoring_twin()
-        rule = "" if run.min_probability == LEGACY_MIN_PROBABILITY else f"_f{run.min_probability}"
         # the real-only twin's name holds no pool: the pool's refinement goes in the folder's name
         pool = f"_a{run.annotation}" if run.annotation != "edge" and twin.arm == "real" else ""
-        out = self.root / "pools" / f"n{size}_scored_by_{twin.name}{pool}{rule}"
+        out = self.root / "pools" / f"n{size}_scored_by_{twin.name}{pool}{run.rule_suffix}"
         if (out / "scores").is_dir() and any(not n.startswith(".") for n in os.listdir(out / "scores")):
             return out
         ckpt = self.root / "runs" / twin.name / "work_dirs" / twin.name / f"iter_{twin.iters}.pth"
@@ -483,11 +485,15 @@ def load_runs(folder: Path, iters: int, pool: int, annotation: str = "edge") -> 
             continue
         if r["arm"].startswith("filtered"):
             arm = r["arm"] + ("_by_real" if r.get("scorer") == "real" else "")  # FreeMask's offline route
-            # runs made before the floor was a choice used ln 2, a label probability of 0.5
-            p = r.get("min_probability", LEGACY_MIN_PROBABILITY)
+            p = run_floor(r)
             r = {**r, "arm": arm if p == MIN_PROBABILITY else f"{arm}@p{p}"}
         runs.append(r)
     return runs
+
+
+def run_floor(record: dict) -> float:
+    """A filtered run's label probability floor; runs made before it was a choice used ln 2 (0.5)."""
+    return record.get("min_probability", LEGACY_MIN_PROBABILITY)
 
 
 def arm_label(arm: str) -> str:
@@ -590,7 +596,7 @@ def scaling(folder: Path, iters: int, min_seeds: int = 3) -> dict:
     ]
     curve: dict[str, list[dict]] = {}
     for arm in SCALING_ARMS:
-        rules = sorted({r.get("min_probability", LEGACY_MIN_PROBABILITY) for r in runs if r["arm"] == arm})
+        rules = sorted({run_floor(r) for r in runs if r["arm"] == arm})
         for p in rules if arm.startswith("filtered") else [None]:
             name = arm if p in (None, MIN_PROBABILITY) else f"{arm}@p{p}"
             for budget in SCALING_BUDGETS:
@@ -600,7 +606,7 @@ def scaling(folder: Path, iters: int, min_seeds: int = 3) -> dict:
                         r["miou"]
                         for r in runs
                         if (r["arm"], r["budget_percent"], r["pool"]) == (arm, budget, pool)
-                        and (p is None or r.get("min_probability", LEGACY_MIN_PROBABILITY) == p)
+                        and (p is None or run_floor(r) == p)
                     ]
                     if vals:
                         c = Cell(tuple(vals))

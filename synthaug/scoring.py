@@ -231,13 +231,13 @@ def score_store(
     """
     rule = rule or FilterRule()
     if rule.min_probability is None:
-        task = getattr(model, "task", None)
-        if task not in DEFAULT_MIN_PROBABILITY:
+        try:
+            rule = rule.for_task(getattr(model, "task", None))
+        except ValueError as err:
             raise ValueError(
-                f"{type(model).__name__}.task={task!r}: a loss model says which kind it is ({list(DEFAULT_MIN_PROBABILITY)}) "
-                "so that the filter's floor fits it; or give FilterRule(min_probability=...)"
-            )
-        rule = rule.for_task(task)
+                f"{type(model).__name__}.{err}: a loss model says which kind it is so that the filter's floor fits "
+                "it; or give FilterRule(min_probability=...)"
+            ) from None
     st = SampleStore(store)
     names = st.vocabulary.names
     lut = class_lut(st.vocabulary, model.classes, class_map)
