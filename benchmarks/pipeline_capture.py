@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Cost of attention capture and mask extraction on diffusers pipelines of real shapes, random weights.
 
-    python benchmarks/pipeline_capture.py [--models sd15 pixart sd3 sdxl] [--repeats 2] [--threads 1]
+    python benchmarks/pipeline_capture.py [--models sd15 sd15_controlnet pixart sd3 sdxl] [--repeats 2]
+        [--threads 1]
 
 For each model, side by side in one process (plain and captured generations alternate; medians of
 the repeats), the ratios `(generation with capture + mask extraction) / plain generation` and
 `peak memory above the call's start, captured / plain` (resident memory sampled every 5 ms; on a
 GPU, torch's peak allocation), after one uncounted warm-up of each. The denoisers and VAEs have the published models' configs (SD-1.5's
 UNet at 512 px, SDXL's UNet at 1024 px, PixArt-alpha XL-2 at 512 px, SD3-medium's MMDiT at the size
-given) with random weights; the text encoders have the real widths but two layers (one for T5) and a
+given) with random weights; `sd15_controlnet` adds a ControlNet made from that UNet (`ControlNetModel.from_unet`,
+the shape of the published SD-1.5 ControlNets) and a painted layout as its control image, so its ratio is the
+capture cost on FreeMask's route (capture sits on the UNet only; the ControlNet runs uncaptured in both arms).
+The text encoders have the real widths but two layers (one for T5) and a
 word-level vocabulary, which changes nothing in the denoiser's cost. The pipelines are diffusers' own
 classes, driven through synthaug.generator exactly as `synthaug generate` drives them. One JSON per
 model and configuration under benchmarks/results/.
@@ -26,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from results_io import result_path, write_result
 
@@ -195,9 +200,19 @@ def sd3() -> Any:
     )
 
 
+def sd15_controlnet() -> Any:
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    base = sd15()
+    return StableDiffusionControlNetPipeline(
+        **base.components, controlnet=ControlNetModel.from_unet(base.unet), requires_safety_checker=False
+    )
+
+
 #: name: (builder, default size, guidance)
 MODELS: dict[str, tuple[Callable[[], Any], int, float]] = {
     "sd15": (sd15, 512, 7.5),
+    "sd15_controlnet": (sd15_controlnet, 512, 7.5),
     "sdxl": (sdxl, 1024, 5.0),
     "pixart": (pixart, 512, 4.5),
     "sd3": (sd3, 1024, 7.0),
@@ -249,6 +264,17 @@ def annotator_for(model: DiffusionModel) -> AnnotationPipeline:
     return AnnotationPipeline(build_annotator("cross_attention", {"factors": wanted}), VOCABULARY, "none")
 
 
+def layout_image(size: int) -> np.ndarray:
+    """A control image as synthaug.layout paints one: the object class's colour on black, a disc and a square."""
+    yy, xx = np.mgrid[:size, :size]
+    obj = ((yy - size * 0.35) ** 2 + (xx - size * 0.3) ** 2 < (size * 0.18) ** 2) | (
+        (abs(yy - size * 0.65) < size * 0.15) & (abs(xx - size * 0.7) < size * 0.15)
+    )
+    img = np.zeros((size, size, 3), np.uint8)
+    img[obj] = VOCABULARY.palette[1]
+    return img
+
+
 def measure(model: DiffusionModel, size: int, steps: int, guidance: float, repeats: int, device: str) -> dict:
     """Alternate plain and captured (+ extraction) runs; medians of time and peak memory, and their ratios."""
     annot = annotator_for(model)
@@ -256,7 +282,9 @@ def measure(model: DiffusionModel, size: int, steps: int, guidance: float, repea
     from synthaug.prompts import ObjectTarget, PromptSpec
 
     groups = model.token_groups(PromptSpec(PROMPT, tuple(ObjectTarget(1, (w,)) for w in OBJECT_WORDS), 0))
-    run = dict(prompts=[PROMPT], seeds=[0], steps=steps, guidance=guidance, height=size, width=size)
+    run: dict[str, Any] = dict(prompts=[PROMPT], seeds=[0], steps=steps, guidance=guidance, height=size, width=size)
+    if model.arch.control:
+        run["control"] = [layout_image(size)]
     plain_t, plain_m, cap_t, cap_m, extract_t = [], [], [], [], []
     generate_batch(model, **run)  # warm-up, not counted: first-call allocations and lazy initialisation
     generate_batch(model, **run, capture=spec)
@@ -328,6 +356,11 @@ def main() -> None:
                 "what": f"{type(pipe).__name__} with {name}'s denoiser shape, random weights, {size} px, "
                 f"{args.steps} steps, guidance {guidance}, batch 1",
                 "denoiser_params": params,
+                **(
+                    {"controlnet_params": sum(p.numel() for p in pipe.controlnet.parameters())}
+                    if model.arch.control
+                    else {}
+                ),
                 "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                 f"{'CUDA ' + torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {dtype}",

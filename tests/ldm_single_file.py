@@ -2,9 +2,12 @@
 
 Users' single-file checkpoints (`.safetensors` from a fine-tuning tool or a model site) hold one state dict
 in the original Stable Diffusion layout: ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE)
-and ``cond_stage_model.transformer.*`` (CLIP). This writes that layout from a diffusers folder by the
-inverse of diffusers' own key conversion, and checks that diffusers' conversion
-(``convert_ldm_unet_checkpoint`` and its VAE and CLIP twins) gives back every tensor exactly.
+and the text encoders: ``cond_stage_model.transformer.*`` (SD 1.x's CLIP, transformers' names),
+``cond_stage_model.model.*`` (SD 2.x's OpenCLIP: ``resblocks``, one fused q/k/v projection) or, for SDXL,
+``conditioner.embedders.0.transformer.*`` (CLIP) and ``conditioner.embedders.1.model.*`` (OpenCLIP with its
+text projection). This writes that layout from a diffusers folder by the inverse of diffusers' own key
+conversion, and checks that diffusers' conversion (``convert_ldm_unet_checkpoint`` and its VAE, CLIP and
+OpenCLIP twins) gives back every tensor exactly.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ def resnet_key(rest: str) -> str:
 
 
 def ldm_unet(unet) -> dict[str, torch.Tensor]:
-    """A UNet2DConditionModel's weights under the original UNet's names (SD 1.x/2.x block layout)."""
+    """A UNet2DConditionModel's weights under the original UNet's names (SD 1.x/2.x/XL block layout; SDXL's
+    added time and text embedding is ``label_emb``)."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-    fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    fixed = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+    if unet.config.addition_embed_type == "text_time":
+        fixed |= DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]
     per = unet.config.layers_per_block
     up_attn = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
     out = {}
@@ -94,28 +100,87 @@ def ldm_vae(vae) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_ldm_checkpoint(folder: Path, out: Path) -> Path:
-    """Write the SD folder's UNet, VAE and CLIP text encoder as one original-format safetensors file, after
-    checking that diffusers' own conversion gives back each component's weights exactly."""
+def text_model_prefix(encoder) -> str:
+    """ "text_model." where transformers 5.6+ flattened CLIPTextModel (its keys lack what original files name)."""
+    return "" if hasattr(encoder, "text_model") else "text_model."
+
+
+def ldm_clip(encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A CLIP text encoder under transformers' own names, as SD 1.x and SDXL's first encoder store it."""
+    inner = text_model_prefix(encoder)
+    return {f"{prefix}{inner}{k}": v for k, v in encoder.state_dict().items()}
+
+
+OPEN_CLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def ldm_open_clip(encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A CLIP text encoder under OpenCLIP's names (SD 2.x, SDXL's second encoder): ``resblocks``, the q, k and
+    v projections fused into ``attn.in_proj_*``, and the text projection stored transposed."""
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif key == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif m := re.fullmatch(r"final_layer_norm\.(weight|bias)", key):
+            out[f"ln_final.{m[1]}"] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.T
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
+            if m[2] == "q":  # written once, from all three
+                fused = [state[f"encoder.layers.{m[1]}.self_attn.{p}_proj.{m[3]}"] for p in "qkv"]
+                out[f"transformer.resblocks.{m[1]}.attn.in_proj_{m[3]}"] = torch.cat(fused)
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(.+)", key):
+            out[f"transformer.resblocks.{m[1]}.attn.out_proj.{m[2]}"] = value
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(layer_norm[12]|mlp\.fc[12])\.(.+)", key):
+            out[f"transformer.resblocks.{m[1]}.{OPEN_CLIP[m[2]]}.{m[3]}"] = value
+        else:
+            raise KeyError(f"no OpenCLIP name for text encoder key {key}")
+    return {prefix + k: v for k, v in out.items()}
+
+
+def save_ldm_checkpoint(folder: Path, out: Path, text: str = "clip") -> Path:
+    """Write the folder's UNet, VAE and text encoders as one original-format safetensors file, after checking
+    that diffusers' own conversion gives back each component's weights exactly. `text`: how a single encoder is
+    stored, "clip" (SD 1.x) or "open_clip" (SD 2.x); a folder with two (SDXL) is written as SDXL stores them."""
     from diffusers import DiffusionPipeline
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
     )
     from safetensors.torch import save_file
 
+    def open_clip_back(encoder, prefix: str) -> dict[str, torch.Tensor]:
+        inner = text_model_prefix(encoder)
+        return {k.removeprefix(inner): v for k, v in convert_open_clip_checkpoint(encoder, state, prefix).items()}
+
     pipe = DiffusionPipeline.from_pretrained(folder)
     state = {**ldm_unet(pipe.unet), **ldm_vae(pipe.vae)}
-    # the original file names CLIP's weights under text_model. (transformers 5.6+ flattened CLIPTextModel)
-    inner = "" if hasattr(pipe.text_encoder, "text_model") else "text_model."
-    clip = {f"cond_stage_model.transformer.{inner}{k}": v for k, v in pipe.text_encoder.state_dict().items()}
-    state |= clip
-    clip_back = {k.removeprefix(inner): v for k, v in convert_ldm_clip_checkpoint(clip).items()}
+    first = text_model_prefix(pipe.text_encoder)
+    second = getattr(pipe, "text_encoder_2", None)
+    if second is not None:
+        state |= ldm_clip(pipe.text_encoder, "conditioner.embedders.0.transformer.")
+        state |= ldm_open_clip(second, "conditioner.embedders.1.model.")
+        encoders = [
+            ({k.removeprefix(first): v for k, v in convert_ldm_clip_checkpoint(state).items()}, pipe.text_encoder),
+            (open_clip_back(second, "conditioner.embedders.1.model."), second),
+        ]
+    elif text == "open_clip":
+        state |= ldm_open_clip(pipe.text_encoder, "cond_stage_model.model.")
+        encoders = [(open_clip_back(pipe.text_encoder, "cond_stage_model.model."), pipe.text_encoder)]
+    else:
+        state |= ldm_clip(pipe.text_encoder, "cond_stage_model.transformer.")
+        encoders = [
+            ({k.removeprefix(first): v for k, v in convert_ldm_clip_checkpoint(state).items()}, pipe.text_encoder)
+        ]
     for got, want in (
         (convert_ldm_unet_checkpoint(state, pipe.unet.config), pipe.unet.state_dict()),
         (convert_ldm_vae_checkpoint(state, pipe.vae.config), pipe.vae.state_dict()),
-        (clip_back, pipe.text_encoder.state_dict()),
+        *((got, encoder.state_dict()) for got, encoder in encoders),
     ):
         assert got.keys() == want.keys(), sorted(set(got) ^ set(want))[:5]
         assert all(torch.equal(got[k], want[k]) for k in want)

@@ -131,10 +131,11 @@ def make_tiny_sd2(path: Path) -> Path:
     return folder
 
 
-def make_tiny_sdxl(path: Path) -> Path:
+def make_tiny_sdxl(path: Path, width_2: int = 32) -> Path:
     """A tiny SDXL folder: two CLIP text encoders (the second with a projection, for the pooled text) whose
     hidden states are concatenated as the UNet's cross-attention keys, and the added time and text
-    conditions, sized as diffusers' own SDXL tests size theirs; saved with StableDiffusionXLPipeline."""
+    conditions, sized as diffusers' own SDXL tests size theirs; saved with StableDiffusionXLPipeline.
+    `width_2`: the second encoder's width (SDXL's are 768 and 1280; single files tell them apart by width)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -147,12 +148,12 @@ def make_tiny_sdxl(path: Path) -> Path:
     text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16)
     config_2 = CLIPTextConfig(
         vocab_size=len(tokenizer_2),
-        hidden_size=32,
+        hidden_size=width_2,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=16,
-        projection_dim=32,
+        projection_dim=width_2,
         bos_token_id=tokenizer_2.bos_token_id,
         eos_token_id=tokenizer_2.eos_token_id,
         pad_token_id=tokenizer_2.pad_token_id,
@@ -171,8 +172,8 @@ def make_tiny_sdxl(path: Path) -> Path:
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the 32-d pooled text
-        cross_attention_dim=64,  # 32 + 32: the two encoders' states side by side
+        projection_class_embeddings_input_dim=48 + width_2,  # 6 time ids x 8 + the pooled text
+        cross_attention_dim=32 + width_2,  # the two encoders' states side by side
         norm_num_groups=8,
     )
     scheduler = EulerDiscreteScheduler(
@@ -188,8 +189,9 @@ def make_tiny_sdxl(path: Path) -> Path:
         scheduler=scheduler,
         add_watermarker=False,
     )
-    pipe.save_pretrained(path / "tiny-sdxl")
-    return path / "tiny-sdxl"
+    out = path / ("tiny-sdxl" if width_2 == 32 else f"tiny-sdxl-w{width_2}")
+    pipe.save_pretrained(out)
+    return out
 
 
 def tiny_t5_tokenizer(max_length: int = 32):

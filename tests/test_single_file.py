@@ -28,11 +28,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("single")
     folder = sd_tiny.make_tiny_sd(root)
     checkpoint = save_ldm_checkpoint(folder, root / "tiny-sd.safetensors")
-    configs = root / "configs-only"
-    shutil.copytree(folder, configs)
-    for weights in [*configs.rglob("*.safetensors"), *configs.rglob("*.bin")]:
-        weights.unlink()
-    return {"folder": folder, "checkpoint": checkpoint, "configs": configs}
+    return {"folder": folder, "checkpoint": checkpoint, "configs": configs_only(folder, root / "configs-only")}
 
 
 def gen_yaml(path: Path, **extra) -> Path:
@@ -66,6 +62,56 @@ def test_a_single_file_checkpoint_generates_what_its_folder_generates(tiny, tmp_
         x, y = a.read(i), b.read(i)
         assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
     assert a.read(0).fingerprint["model"] == str(tiny["checkpoint"])
+
+
+def configs_only(folder: Path, out: Path) -> Path:
+    """A copy of a diffusers folder with every weight file removed: configs, tokenizers and scheduler only."""
+    shutil.copytree(folder, out)
+    for weights in [*out.rglob("*.safetensors"), *out.rglob("*.bin")]:
+        weights.unlink()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "build", "text"),
+    [
+        ("sd2", sd_tiny.make_tiny_sd2, "open_clip"),
+        ("sdxl", lambda root: sd_tiny.make_tiny_sdxl(root, width_2=48), "clip"),
+    ],
+)
+def test_sd2_and_sdxl_single_files_generate_what_their_folders_generate(tmp_path, kind, build, text):
+    """SD 2.x stores its text encoder in OpenCLIP's layout (fused q/k/v, ``cond_stage_model.model``), SDXL its two
+    under ``conditioner.embedders``; each file, read with a configs-only folder, gives the images and labels of
+    the diffusers folder it was written from (SD 2.x through its v-prediction scheduler, which the folder keeps)."""
+    from safetensors import safe_open
+
+    folder = build(tmp_path / "model")
+    checkpoint = save_ldm_checkpoint(folder, tmp_path / f"{kind}.safetensors", text=text)
+    with safe_open(str(checkpoint), "pt") as f:
+        keys = set(f.keys())
+    if kind == "sd2":  # the original OpenCLIP names, not transformers' (the layout diffusers must convert)
+        assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+        assert not any(k.startswith("cond_stage_model.transformer.") for k in keys)
+    else:
+        assert (
+            "conditioner.embedders.1.model.text_projection" in keys
+            and "model.diffusion_model.label_emb.0.0.weight" in keys
+        )
+    configs = configs_only(folder, tmp_path / "configs")
+    cfg = gen_yaml(tmp_path / "gen.yaml")
+    single, plain = tmp_path / "single", tmp_path / "folder"
+    args = ["--model", str(checkpoint), "--model-config", str(configs)]
+    assert cli(["generate", "--config", str(cfg), "--out", str(single), *args]) == 0
+    assert cli(["generate", "--config", str(cfg), "--out", str(plain), "--model", str(folder)]) == 0
+    assert cli(["verify", str(single)]) == 0
+    a, b = SampleStore(single), SampleStore(plain)
+    for i in range(2):
+        x, y = a.read(i), b.read(i)
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
+    if kind == "sd2":  # the file says nothing of its prediction type: the folder's scheduler must
+        from synthaug.generator import load_model
+
+        assert load_model(checkpoint, config=configs).pipe.scheduler.config.prediction_type == "v_prediction"
 
 
 def test_model_config_in_gen_yaml(tiny, tmp_path):
