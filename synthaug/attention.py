@@ -217,6 +217,23 @@ def head_mean_softmax(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torc
     return total / q.shape[1]
 
 
+@contextmanager
+def keep_projections(attn, outputs: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Keep the layer's q, k and text-k projections in `outputs` ('q', 'k', 'kt') as the layer computes them, so
+    capture need not compute them again (a processor that fuses them into one projection leaves these empty:
+    capture then recomputes them)."""
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, o, key=key: outputs.__setitem__(key, o))
+        for key, module in (("q", attn.to_q), ("k", attn.to_k), ("kt", getattr(attn, "add_k_proj", None)))
+        if module is not None
+    ]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 class JointCapturingProcessor(CapturingProcessor):
     """SD3's joint (MMDiT) attention: image and text tokens attend together; the image tokens come first.
 
@@ -227,19 +244,9 @@ class JointCapturingProcessor(CapturingProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         if encoder_hidden_states is None or not self.joint_wanted(hidden_states)[1]:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        # The layer's own projections, kept as it computes them, so capture does not compute them again
-        # (a processor that fuses them into one projection leaves these empty: they are then recomputed).
         outputs: dict[str, torch.Tensor] = {}
-        hooks = [
-            module.register_forward_hook(lambda _m, _i, o, key=key: outputs.__setitem__(key, o))
-            for key, module in (("q", attn.to_q), ("k", attn.to_k), ("kt", attn.add_k_proj))
-            if module is not None
-        ]
-        try:
+        with keep_projections(attn, outputs):
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        finally:
-            for hook in hooks:
-                hook.remove()
         self.capture_joint(attn, hidden_states, encoder_hidden_states, None, outputs)
         return out
 
@@ -306,28 +313,46 @@ class FluxCapturingProcessor(JointCapturingProcessor):
     embeddings over both. The maps are as `JointCapturingProcessor`'s."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        captured = self.captured
+        image = text = None
         if encoder_hidden_states is not None:
-            self.capture_joint(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        elif captured.latent_hw != (0, 0):
-            n_image = math.prod(captured.grid(FLUX_TOKEN_FACTOR))
+            image, text = hidden_states, encoder_hidden_states
+        elif self.captured.latent_hw != (0, 0):
+            n_image = math.prod(self.captured.grid(FLUX_TOKEN_FACTOR))
             n_text = hidden_states.shape[1] - n_image
             if n_text > 0:
-                self.capture_joint(attn, hidden_states[:, n_text:], hidden_states[:, :n_text], image_rotary_emb)
+                image, text = hidden_states[:, n_text:], hidden_states[:, :n_text]
+        if image is None or not self.joint_wanted(image)[1]:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        outputs: dict[str, torch.Tensor] = {}
+        with keep_projections(attn, outputs):
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        self.capture_joint(attn, image, text, image_rotary_emb, outputs)
         return out
 
     def projections(
         self, attn, image: torch.Tensor, text: torch.Tensor, rotary, outputs: dict | None = None
     ) -> tuple[torch.Tensor, ...]:
+        """As `JointCapturingProcessor.projections`, with FLUX's per-head norms and rotary embeddings; a
+        single-stream layer's kept q and k cover [text, image] and are split here."""
         from diffusers.models.embeddings import apply_rotary_emb
 
+        n_text, n_image = text.shape[1], image.shape[1]
+        kept: dict[str, torch.Tensor] = {}
+        for key, t in (outputs or {}).items():
+            t = t[self.captured.cond_rows]
+            if key != "kt" and attn.added_kv_proj_dim is None and t.shape[1] == n_text + n_image:
+                if key == "k":  # single-stream: one projection for the whole sequence, text first
+                    kept["kt"] = t[:, :n_text]
+                t = t[:, n_text:]
+            if t.shape[:2] == (text if key == "kt" else image).shape[:2]:  # else: not this call's; recompute
+                kept[key] = t
         shape = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (b, tokens, heads, head_dim)
-        q, k = attn.norm_q(shape(attn.to_q(image))), attn.norm_k(shape(attn.to_k(image)))
+        q = attn.norm_q(shape(kept["q"] if "q" in kept else attn.to_q(image)))
+        k = attn.norm_k(shape(kept["k"] if "k" in kept else attn.to_k(image)))
         if attn.added_kv_proj_dim is not None:  # double-stream: the text's own projections
-            kt = attn.norm_added_k(shape(attn.add_k_proj(text)))
+            kt = attn.norm_added_k(shape(kept["kt"] if "kt" in kept else attn.add_k_proj(text)))
         else:  # single-stream: one projection for the whole sequence
-            kt = attn.norm_k(shape(attn.to_k(text)))
+            kt = attn.norm_k(shape(kept["kt"] if "kt" in kept else attn.to_k(text)))
         if rotary is not None:  # rotary embeddings cover [text, image] in that order
             n_text = text.shape[1]
             cos, sin = rotary

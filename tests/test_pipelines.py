@@ -120,10 +120,12 @@ def test_sd2_v_prediction_reaches_the_pipelines_loop_and_survives_a_scheduler_ch
     assert (generate_batch(v, **run).images == generate_batch(load_model(folders["sd2"]), **run).images).all()
 
 
-def test_sd3_capture_reuses_the_layers_own_projections(models):
-    """Capturing SD3's joint attention takes q and k from the layer's own projections (kept by forward hooks)
-    instead of computing them again: every projection runs as often as without capture."""
-    model = models["sd3"]
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_joint_capture_reuses_the_layers_own_projections(models, kind):
+    """Capturing SD3's and FLUX's joint attention (FLUX: double- and single-stream blocks) takes q and k from the
+    layer's own projections (kept by forward hooks) instead of computing them again: every projection runs as
+    often as without capture."""
+    model = models[kind]
     f = attention_factors(model.unet)["cross"][0]
     counts: dict[str, int] = {}
     handles = []
@@ -143,6 +145,9 @@ def test_sd3_capture_reuses_the_layers_own_projections(models):
             handle.remove()
     assert plain and counts == plain
     assert out.captured.cross_maps()[f].shape[0] == 2
+    if kind == "flux":  # both kinds of block were counted
+        assert any(n.startswith("single_transformer_blocks") for n in plain)
+        assert any(n.startswith("transformer_blocks") and n.endswith("add_k_proj") for n in plain)
 
 
 def test_token_positions_of_split_words_under_clip_t5_and_both_sdxl_tokenizers(models):
