@@ -43,8 +43,10 @@ import numpy as np
 from results_io import RESULTS, result_path, write_result
 
 from synthaug.demo_training import CONFIG_DIR, train, validation_curve
-from synthaug.scoring import SEMANTIC_MIN_PROBABILITY, FilterRule
+from synthaug.scoring import MAX_LOSS, SEMANTIC_MIN_PROBABILITY, FilterRule, score_store
+from synthaug.store import SampleStore
 from synthaug.toy.dataset import write_toy_dataset
+from synthaug.toy.score import parse_caption, semantic_truth
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = RESULTS / "evidence_runs"
@@ -55,7 +57,10 @@ BUDGETS = (5, 25, 100)
 ARMS = ("real", "synthetic", "pretrain", "filtered", "filtered_hard")
 SYNTHETIC_ARMS = ARMS[1:]
 MIX_RATIO = 0.5
-SCORERS = ("synthetic", "real")
+#: Whose model scores a filtered arm's pool: the mix's own model, the real-only one (FreeMask's offline route),
+#: or colour truth ('truth': an oracle that ignores exactly the pixels whose label the image's colours contradict,
+#: the most any filter could remove; a ceiling, not an arm users have).
+SCORERS = ("synthetic", "real", "truth")
 #: How the pool's masks are refined: edge (the grid's pool), or none (the raw attention masks: a noisier pool).
 ANNOTATIONS = ("edge", "none")
 #: The filter rule's floor as a label probability (synthaug.scoring): today's default for a softmax model, and
@@ -97,7 +102,9 @@ class Run:
     def scoring_twin(self) -> Run:
         """The run of the same budget, seed, schedule and pool whose final model scores a filtered arm's pool:
         'synthetic' (real + synthetic, as today: the model the live loop scores with, late in training) or
-        'real' (real only, FreeMask's offline route)."""
+        'real' (real only, FreeMask's offline route). Colour truth has none."""
+        if self.scorer == "truth":
+            raise ValueError(f"{self.name}: colour truth scores the pool, not a model")
         return Run(self.scorer, self.budget, self.seed, self.iters, self.pool, annotation=self.annotation)
 
     def artefact(self, folder: Path) -> Path:
@@ -212,9 +219,12 @@ class Workspace:
         return out
 
     def scored_pool(self, size: int, run: Run, folder: Path) -> Path:
-        """A copy (hard links) of the pool's first `size` samples, scored by the model of `run`'s scoring twin.
+        """A copy (hard links) of the pool's first `size` samples, scored by the model of `run`'s scoring twin
+        (or by colour truth, the same for every budget and seed).
 
         Each (budget, seed, scorer, pool, rule) gets its own copy because a store's mix reads the newest scores in it."""
+        if run.scorer == "truth":
+            return self.truth_scored_pool(size, run)
         twin = run.scoring_twin()
         # the real-only twin's name holds no pool: the pool's refinement goes in the folder's name
         pool = f"_a{run.annotation}" if run.annotation != "edge" and twin.arm == "real" else ""
@@ -248,6 +258,19 @@ class Workspace:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        return out
+
+    def truth_scored_pool(self, size: int, run: Run) -> Path:
+        """The pool's first `size` samples scored by colour truth (ColourTruthLoss) under `run`'s rule."""
+        pool = f"_a{run.annotation}" if run.annotation != "edge" else ""
+        out = self.root / "pools" / f"n{size}_scored_by_truth{pool}{run.rule_suffix}"
+        if (out / "scores").is_dir() and any(not n.startswith(".") for n in os.listdir(out / "scores")):
+            return out
+        shutil.rmtree(out, ignore_errors=True)
+        src = self.pool_prefix(size, run.annotation)
+        shutil.copytree(src, out, copy_function=os.link, ignore=shutil.ignore_patterns("writer.lock", "scores"))
+        rule = FilterRule(min_probability=run.min_probability)
+        score_store(out, ColourTruthLoss(SampleStore(out).vocabulary.names), rule, tag="colour-truth")
         return out
 
     def pool_folders(self, size: int) -> Path:
@@ -291,6 +314,26 @@ def count_records(store: Path) -> int:
         for seg in segments.iterdir()
         if (seg / "manifest.jsonl").exists()
     )
+
+
+class ColourTruthLoss:
+    """A LossModel (synthaug.scoring) that knows the answer: loss 0 where a pixel's label agrees with colour
+    truth (synthaug.toy.score: the toy image's colours name each object's shape), MAX_LOSS where it does not.
+    Every rule then ignores exactly the contradicted pixels. Colour truth is itself unsure at anti-aliased edges,
+    so this is the ceiling of filtering by labels, give or take those."""
+
+    task = "sem_seg"
+    name = "colour truth"
+
+    def __init__(self, classes: list[str]) -> None:
+        self.classes = classes
+
+    def pixel_loss(self, samples: list) -> list[np.ndarray]:
+        out = []
+        for sample in samples:
+            truth = semantic_truth(sample.image, parse_caption(sample.prompt))
+            out.append(np.where(sample.mask != truth, MAX_LOSS, 0.0).astype(np.float32))
+        return out
 
 
 def seed_options(seed: int) -> list[str]:
@@ -340,7 +383,7 @@ def run_one(ws: Workspace, run: Run, folder: Path) -> dict:
             cwd, "toy_fcn_mix.py", run.iters, BATCH, run.name, seed_options(run.seed) + filter_opts, quiet=True
         )
         extra["scorer"] = run.scorer
-        extra["scored_by"] = run.scoring_twin().name
+        extra["scored_by"] = "colour truth" if run.scorer == "truth" else run.scoring_twin().name
         extra["min_probability"] = run.min_probability
         extra["filtered_out"] = result.scalars.get("synthaug_filtered_out")
         extra["ignored_share"] = result.scalars.get("synthaug_ignored_share")
@@ -445,6 +488,8 @@ ARM_LABELS = {
     "filtered_hard": "+ synthetic, loss-filtered + hardness",
     "filtered_by_real": "+ synthetic, filtered by the real-only model",
     "filtered_hard_by_real": "+ synthetic, filtered by the real-only model + hardness",
+    "filtered_by_truth": "+ synthetic, filtered by colour truth (the ceiling)",
+    "filtered_hard_by_truth": "+ synthetic, filtered by colour truth + hardness",
 }
 
 
@@ -484,7 +529,8 @@ def load_runs(folder: Path, iters: int, pool: int, annotation: str = "edge") -> 
         if r["arm"] != "real" and r.get("annotation", "edge") != annotation:
             continue
         if r["arm"].startswith("filtered"):
-            arm = r["arm"] + ("_by_real" if r.get("scorer") == "real" else "")  # FreeMask's offline route
+            scorer = r.get("scorer", "synthetic")  # real: FreeMask's offline route; truth: the ceiling
+            arm = r["arm"] + (f"_by_{scorer}" if scorer != "synthetic" else "")
             p = run_floor(r)
             r = {**r, "arm": arm if p == MIN_PROBABILITY else f"{arm}@p{p}"}
         runs.append(r)
@@ -571,6 +617,8 @@ def targets(table: dict[tuple[str, int], Cell], min_seeds: int = 3) -> dict[str,
         **gain("filtered_hard"),
         "other_rules": {f"min_probability {p}": gain(f"filtered_hard@p{p}") for p in rules},
     }
+    if any(a == "filtered_by_truth" for a, _ in table):  # what a filter that knew every wrong pixel would gain
+        out["filtering_and_hardness_gain"]["ceiling_filtered_by_colour_truth"] = gain("filtered_by_truth")
     return out
 
 
