@@ -44,9 +44,9 @@ from results_io import RESULTS, result_path, write_result
 
 from synthaug.demo_training import CONFIG_DIR, train, validation_curve
 from synthaug.scoring import MAX_LOSS, SEMANTIC_MIN_PROBABILITY, FilterRule, score_store
-from synthaug.store import SampleStore
 from synthaug.toy.dataset import write_toy_dataset
 from synthaug.toy.score import parse_caption, semantic_truth
+from synthaug.toy.world import TOY_VOCABULARY
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = RESULTS / "evidence_runs"
@@ -270,7 +270,13 @@ class Workspace:
         src = self.pool_prefix(size, run.annotation)
         shutil.copytree(src, out, copy_function=os.link, ignore=shutil.ignore_patterns("writer.lock", "scores"))
         rule = FilterRule(min_probability=run.min_probability)
-        score_store(out, ColourTruthLoss(SampleStore(out).vocabulary.names), rule, tag="colour-truth")
+        header = json.loads(score_store(out, ColourTruthLoss(), rule, tag="colour-truth").open().readline())
+        # A class at least half of whose pixels are wrong has its median (so its threshold) at MAX_LOSS: then
+        # nothing of it is ignored, and this would be no ceiling.
+        unfit = {c: t for c, t in header["class_threshold"].items() if t is not None and not t < MAX_LOSS}
+        if unfit:
+            shutil.rmtree(out)
+            raise SystemExit(f"colour truth contradicts half or more of classes {unfit}'s pixels: no ceiling there")
         return out
 
     def pool_folders(self, size: int) -> Path:
@@ -319,14 +325,14 @@ def count_records(store: Path) -> int:
 class ColourTruthLoss:
     """A LossModel (synthaug.scoring) that knows the answer: loss 0 where a pixel's label agrees with colour
     truth (synthaug.toy.score: the toy image's colours name each object's shape), MAX_LOSS where it does not.
-    Every rule then ignores exactly the contradicted pixels. Colour truth is itself unsure at anti-aliased edges,
-    so this is the ceiling of filtering by labels, give or take those."""
+    While under half of each class's pixels are wrong (checked by the caller), any rule's class median is ~0 and
+    the rule ignores exactly the contradicted pixels. Colour truth is itself unsure at anti-aliased edges, so this
+    is the ceiling of filtering by labels, give or take those. Its classes are the toy vocabulary's, in the ids
+    colour truth gives; the scorer matches the store's to them by name."""
 
     task = "sem_seg"
     name = "colour truth"
-
-    def __init__(self, classes: list[str]) -> None:
-        self.classes = classes
+    classes = TOY_VOCABULARY.names
 
     def pixel_loss(self, samples: list) -> list[np.ndarray]:
         out = []
@@ -455,6 +461,11 @@ def grid(args: argparse.Namespace) -> list[Run]:
             for budget in SCALING_BUDGETS
             for arm in SCALING_ARMS
         ]
+    if args.scorer == "truth" and "filtered_hard" in args.arms:
+        raise SystemExit(
+            "--scorer truth: colour truth gives every kept pixel loss 0, so no sample is harder than another; "
+            "measure the ceiling with --arms filtered"
+        )
     if args.annotation != "edge" and "pretrain" in args.arms:
         raise SystemExit(
             f"--annotation {args.annotation}: pre-training is measured on the edge pool only; leave it out of --arms"
@@ -617,8 +628,6 @@ def targets(table: dict[tuple[str, int], Cell], min_seeds: int = 3) -> dict[str,
         **gain("filtered_hard"),
         "other_rules": {f"min_probability {p}": gain(f"filtered_hard@p{p}") for p in rules},
     }
-    if any(a == "filtered_by_truth" for a, _ in table):  # what a filter that knew every wrong pixel would gain
-        out["filtering_and_hardness_gain"]["ceiling_filtered_by_colour_truth"] = gain("filtered_by_truth")
     return out
 
 
@@ -722,11 +731,25 @@ def summarise(folder: Path, iters: int, pool: int, curve_path: Path | None, out_
             ],
             "targets": t,
             "noisy_pool": noisy,
+            "filtering_ceiling": ceiling(table),
             "learning_curve": curve_path.name if curve_path else None,
             "plot": plot.name,
             "runs": runs,
         },
     )
+    return out
+
+
+def ceiling(table: dict[tuple[str, int], Cell]) -> dict | None:
+    """What filtering by colour truth (an oracle: every contradicted pixel ignored, no other) gains over the mix as
+    today and over the loss filter, per budget: the most any filter of labels could add on this pool."""
+    if not any(a == "filtered_by_truth" for a, _ in table):
+        return None
+    out: dict = {"what": "mean difference in mIoU and its standard error; not a target"}
+    for other in ("synthetic", "filtered"):
+        for b in BUDGETS:
+            d, se = difference(table.get(("filtered_by_truth", b)), table.get((other, b)))
+            out[f"over {other}, {b}%"] = {"value": _r(d), "standard_error": _r(se)}
     return out
 
 

@@ -38,6 +38,7 @@ from synthaug.annotators import build_annotator
 from synthaug.annotators.pipeline import AnnotationPipeline
 from synthaug.attention import attention_factors
 from synthaug.generator import DiffusionModel, generate_batch, load_model
+from synthaug.layout import control_image
 from synthaug.vocabulary import ClassVocabulary
 
 VOCABULARY = ClassVocabulary(("background", "object"), ((0, 0, 0), (255, 0, 0)))
@@ -265,14 +266,13 @@ def annotator_for(model: DiffusionModel) -> AnnotationPipeline:
 
 
 def layout_image(size: int) -> np.ndarray:
-    """A control image as synthaug.layout paints one: the object class's colour on black, a disc and a square."""
+    """A control image as the producer paints one (synthaug.layout.control_image): a disc and a square of the
+    object class."""
     yy, xx = np.mgrid[:size, :size]
     obj = ((yy - size * 0.35) ** 2 + (xx - size * 0.3) ** 2 < (size * 0.18) ** 2) | (
         (abs(yy - size * 0.65) < size * 0.15) & (abs(xx - size * 0.7) < size * 0.15)
     )
-    img = np.zeros((size, size, 3), np.uint8)
-    img[obj] = VOCABULARY.palette[1]
-    return img
+    return control_image(obj.astype(np.uint8), VOCABULARY)
 
 
 def measure(model: DiffusionModel, size: int, steps: int, guidance: float, repeats: int, device: str) -> dict:

@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -218,13 +219,30 @@ def head_mean_softmax(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torc
 
 
 @contextmanager
-def keep_projections(attn, outputs: dict[str, torch.Tensor]) -> Iterator[None]:
+def keep_projections(
+    attn, outputs: dict[str, torch.Tensor], image: torch.Tensor, text: torch.Tensor | None
+) -> Iterator[None]:
     """Keep the layer's q, k and text-k projections in `outputs` ('q', 'k', 'kt') as the layer computes them, so
-    capture need not compute them again (a processor that fuses them into one projection leaves these empty:
-    capture then recomputes them)."""
+    capture need not compute them again. Only a projection's first call, on the very tensor the layer was given
+    (`image`; `text` for 'kt'), is kept: anything else (a processor that fuses the projections, or projects
+    another input) leaves the key empty, and capture recomputes it."""
+
+    def keeper(key: str, source: torch.Tensor | None):
+        def hook(_module, inputs, output) -> None:
+            if key not in outputs and inputs and inputs[0] is source:
+                outputs[key] = output
+            else:  # a second call, or another input: not the projection capture needs
+                outputs[key] = None
+
+        return hook
+
     hooks = [
-        module.register_forward_hook(lambda _m, _i, o, key=key: outputs.__setitem__(key, o))
-        for key, module in (("q", attn.to_q), ("k", attn.to_k), ("kt", getattr(attn, "add_k_proj", None)))
+        module.register_forward_hook(keeper(key, source))
+        for key, module, source in (
+            ("q", attn.to_q, image),
+            ("k", attn.to_k, image),
+            ("kt", getattr(attn, "add_k_proj", None), text),
+        )
         if module is not None
     ]
     try:
@@ -232,6 +250,13 @@ def keep_projections(attn, outputs: dict[str, torch.Tensor]) -> Iterator[None]:
     finally:
         for hook in hooks:
             hook.remove()
+    for key in [k for k, v in outputs.items() if v is None]:
+        del outputs[key]
+
+
+def kept_rows(outputs: dict[str, torch.Tensor] | None, rows: Any) -> dict[str, torch.Tensor]:
+    """The kept projections (keep_projections) of the batch rows `rows`."""
+    return {key: t[rows] for key, t in (outputs or {}).items()}
 
 
 class JointCapturingProcessor(CapturingProcessor):
@@ -245,7 +270,7 @@ class JointCapturingProcessor(CapturingProcessor):
         if encoder_hidden_states is None or not self.joint_wanted(hidden_states)[1]:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         outputs: dict[str, torch.Tensor] = {}
-        with keep_projections(attn, outputs):
+        with keep_projections(attn, outputs, hidden_states, encoder_hidden_states):
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         self.capture_joint(attn, hidden_states, encoder_hidden_states, None, outputs)
         return out
@@ -254,14 +279,10 @@ class JointCapturingProcessor(CapturingProcessor):
         self, attn, image: torch.Tensor, text: torch.Tensor, rotary, outputs: dict | None = None
     ) -> tuple[torch.Tensor, ...]:
         """(q_image, k_image, k_text), each (b, heads, tokens, head_dim), as the layer computes them; from the
-        layer's own linear `outputs` (all batch rows) where given, else computed for the rows given."""
+        layer's own linear `outputs` (all batch rows; keep_projections) where given, else computed for the rows given."""
         b, heads = image.shape[0], attn.heads
         split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
-        rows, kept = self.captured.cond_rows, {}
-        for key, t in (outputs or {}).items():
-            chosen = t[rows]
-            if chosen.shape[:2] == (text if key == "kt" else image).shape[:2]:  # else: not this call's; recompute
-                kept[key] = chosen
+        kept = kept_rows(outputs, self.captured.cond_rows)
         q = split(kept["q"] if "q" in kept else attn.to_q(image))
         k = split(kept["k"] if "k" in kept else attn.to_k(image))
         kt = split(kept["kt"] if "kt" in kept else attn.add_k_proj(text))
@@ -324,7 +345,7 @@ class FluxCapturingProcessor(JointCapturingProcessor):
         if image is None or not self.joint_wanted(image)[1]:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         outputs: dict[str, torch.Tensor] = {}
-        with keep_projections(attn, outputs):
+        with keep_projections(attn, outputs, hidden_states, encoder_hidden_states):
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         self.capture_joint(attn, image, text, image_rotary_emb, outputs)
         return out
@@ -336,16 +357,12 @@ class FluxCapturingProcessor(JointCapturingProcessor):
         single-stream layer's kept q and k cover [text, image] and are split here."""
         from diffusers.models.embeddings import apply_rotary_emb
 
-        n_text, n_image = text.shape[1], image.shape[1]
-        kept: dict[str, torch.Tensor] = {}
-        for key, t in (outputs or {}).items():
-            t = t[self.captured.cond_rows]
-            if key != "kt" and attn.added_kv_proj_dim is None and t.shape[1] == n_text + n_image:
-                if key == "k":  # single-stream: one projection for the whole sequence, text first
-                    kept["kt"] = t[:, :n_text]
-                t = t[:, n_text:]
-            if t.shape[:2] == (text if key == "kt" else image).shape[:2]:  # else: not this call's; recompute
-                kept[key] = t
+        n_text = text.shape[1]
+        kept = kept_rows(outputs, self.captured.cond_rows)
+        if attn.added_kv_proj_dim is None:  # single-stream: q and k were projected from [text, image] as one
+            if "k" in kept:
+                kept["kt"] = kept["k"][:, :n_text]
+            kept = {key: t if key == "kt" else t[:, n_text:] for key, t in kept.items()}
         shape = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (b, tokens, heads, head_dim)
         q = attn.norm_q(shape(kept["q"] if "q" in kept else attn.to_q(image)))
         k = attn.norm_k(shape(kept["k"] if "k" in kept else attn.to_k(image)))
@@ -354,7 +371,6 @@ class FluxCapturingProcessor(JointCapturingProcessor):
         else:  # single-stream: one projection for the whole sequence
             kt = attn.norm_k(shape(kept["kt"] if "kt" in kept else attn.to_k(text)))
         if rotary is not None:  # rotary embeddings cover [text, image] in that order
-            n_text = text.shape[1]
             cos, sin = rotary
             text_rot, image_rot = (cos[:n_text], sin[:n_text]), (cos[n_text:], sin[n_text:])
             q = apply_rotary_emb(q, image_rot, sequence_dim=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -141,10 +142,13 @@ def ldm_open_clip(encoder, prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in out.items()}
 
 
-def save_ldm_checkpoint(folder: Path, out: Path, text: str = "clip") -> Path:
+def save_ldm_checkpoint(folder: Path, out: Path, text: Literal["clip", "open_clip"] | None = None) -> Path:
     """Write the folder's UNet, VAE and text encoders as one original-format safetensors file, after checking
     that diffusers' own conversion gives back each component's weights exactly. `text`: how a single encoder is
-    stored, "clip" (SD 1.x) or "open_clip" (SD 2.x); a folder with two (SDXL) is written as SDXL stores them."""
+    stored, "clip" (SD 1.x, the default) or "open_clip" (SD 2.x); a folder with two (SDXL) is written as SDXL
+    stores them, and takes no `text`."""
+    if text not in (None, "clip", "open_clip"):
+        raise ValueError(f"text={text!r}: 'clip' (SD 1.x) or 'open_clip' (SD 2.x)")
     from diffusers import DiffusionPipeline
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
@@ -163,6 +167,8 @@ def save_ldm_checkpoint(folder: Path, out: Path, text: str = "clip") -> Path:
     first = text_model_prefix(pipe.text_encoder)
     second = getattr(pipe, "text_encoder_2", None)
     if second is not None:
+        if text is not None:
+            raise ValueError(f"{folder} has two text encoders (SDXL): their layout is SDXL's, leave text out")
         state |= ldm_clip(pipe.text_encoder, "conditioner.embedders.0.transformer.")
         state |= ldm_open_clip(second, "conditioner.embedders.1.model.")
         encoders = [

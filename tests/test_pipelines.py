@@ -150,6 +150,37 @@ def test_joint_capture_reuses_the_layers_own_projections(models, kind):
         assert any(n.startswith("transformer_blocks") and n.endswith("add_k_proj") for n in plain)
 
 
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_joint_capture_recomputes_projections_a_fused_layer_does_not_expose(models, kind):
+    """With q, k and v fused into one projection (diffusers' fuse_qkv_projections), no to_q/to_k call is there to
+    keep: capture computes them itself, and its maps are those of the unfused layers."""
+    model = models[kind]
+    run = dict(
+        prompts=PROMPTS, seeds=[1, 2], steps=1, guidance=4.0, height=64, width=64, capture=CaptureSpec((2,), (2,))
+    )
+    unfused = generate_batch(model, **run).captured
+    calls = []
+    handles = [
+        m.register_forward_hook(lambda *_a: calls.append(1))
+        for name, m in model.unet.named_modules()
+        if name.endswith("attn.to_q")
+    ]
+    model.unet.fuse_qkv_projections()
+    try:
+        assert any(name.endswith("to_qkv") for name, _ in model.unet.named_modules())
+        generate_batch(model, **{**run, "capture": None})
+        assert not calls  # the fused layers never call to_q
+        fused = generate_batch(model, **run).captured
+        assert calls  # capture did, to recompute q
+    finally:
+        model.unet.unfuse_qkv_projections()
+        for h in handles:
+            h.remove()
+    for maps in ("cross_maps", "self_maps"):
+        a, b = getattr(unfused, maps)()[2], getattr(fused, maps)()[2]
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_token_positions_of_split_words_under_clip_t5_and_both_sdxl_tokenizers(models):
     """'motorcycle' is three BPE pieces in the tiny CLIP vocabularies and two sentencepiece pieces in the
     tiny T5 one; every piece is a key of the class. SD3's keys are CLIP's 16, then T5's."""
@@ -190,9 +221,10 @@ def _joint_layers(denoiser) -> list:
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_joint_attention_maps_are_the_layers_own_probabilities_on_the_conditional_rows(kind, models):
-    """The captured map equals, averaged over layers, the image-query x text-key block of the full joint
-    softmax each layer computes (checked: it reproduces the layer's own output), renormalised over the text
-    keys, on the prompts' rows only (SD3: the negative prompts' rows differ and are not captured)."""
+    """The captured cross map equals, averaged over every layer (FLUX: double- and single-stream), the
+    image-query x text-key block of the full joint softmax each layer computes (checked: it reproduces the layer's
+    own output), renormalised over the text keys, on the prompts' rows only (SD3: the negative prompts' rows
+    differ and are not captured); the self map, the image-query x image-key block renormalised likewise."""
     from diffusers.models.embeddings import apply_rotary_emb
 
     model = models[kind]
@@ -204,13 +236,13 @@ def test_joint_attention_maps_are_the_layers_own_probabilities_on_the_conditiona
     handles = [m.register_forward_hook(record, with_kwargs=True) for m in _joint_layers(model.unet)]
     try:
         out = generate_batch(
-            model, PROMPTS, [1, 2], steps=1, guidance=4.0, height=64, width=64, capture=CaptureSpec((2,))
+            model, PROMPTS, [1, 2], steps=1, guidance=4.0, height=64, width=64, capture=CaptureSpec((2,), (2,))
         )
     finally:
         for h in handles:
             h.remove()
     n_image = (64 // 8 // 2) ** 2
-    blocks, others = [], []
+    blocks, others, selfs = [], [], []
     with torch.no_grad():
         for attn, args, kwargs, actual in seen:
             x = args[0] if args else kwargs["hidden_states"]
@@ -245,15 +277,22 @@ def test_joint_attention_maps_are_the_layers_own_probabilities_on_the_conditiona
                 assert torch.allclose(y.to(x.dtype), actual, atol=1e-4)
             block = p[:, :, image_rows, text_cols]
             block = (block / block.sum(-1, keepdim=True)).mean(1)
+            image_block = p[:, :, image_rows, image_rows]
+            image_block = (image_block / image_block.sum(-1, keepdim=True)).mean(1)
             if kind == "sd3":
                 blocks.append(block[2:])
                 others.append(block[:2])
+                selfs.append(image_block[2:])
             else:
                 blocks.append(block)
-    assert seen
+                selfs.append(image_block)
+    assert seen and out.captured.cross_count[2] == out.captured.self_count[2] == len(seen)  # every layer
     captured = out.captured.cross_maps()[2].reshape(2, n_image, -1)
     expected = torch.stack(blocks).mean(0)
     assert torch.allclose(captured, expected, atol=1e-5)
+    assert torch.allclose(
+        out.captured.self_maps()[2].reshape(2, n_image, n_image), torch.stack(selfs).mean(0), atol=1e-5
+    )
     if others:
         assert (torch.stack(others).mean(0) - expected).abs().max() > 1e-3  # a capture of those would fail
 

@@ -76,7 +76,7 @@ def configs_only(folder: Path, out: Path) -> Path:
     ("kind", "build", "text"),
     [
         ("sd2", sd_tiny.make_tiny_sd2, "open_clip"),
-        ("sdxl", lambda root: sd_tiny.make_tiny_sdxl(root, width_2=48), "clip"),
+        ("sdxl", lambda root: sd_tiny.make_tiny_sdxl(root, width_2=48), None),
     ],
 )
 def test_sd2_and_sdxl_single_files_generate_what_their_folders_generate(tmp_path, kind, build, text):
