@@ -162,35 +162,58 @@ class CapturingProcessor:
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
     ):
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        captured = self.captured
-        if (captured.active or captured.at_step) and hidden_states.ndim == 3 and attn.spatial_norm is None:
-            kind = "self" if encoder_hidden_states is None else "cross"
-            wanted = captured.spec.self_factors if kind == "self" else captured.spec.cross_factors
-            geometry = captured.factor_of(hidden_states.shape[1])
-            kinds = [
-                k for k, on in ((kind, captured.active), ("step_cross", captured.at_step and kind == "cross")) if on
-            ]
-            if geometry is not None and geometry[0] in wanted and kinds:
-                with torch.no_grad():
-                    probs = attention_probs(
-                        attn, hidden_states, encoder_hidden_states, attention_mask, captured.cond_rows
-                    )
-                    for k in kinds:
-                        captured.add(k, geometry[0], probs)
+        factor, kinds = self.wanted(attn, hidden_states, encoder_hidden_states)
+        if not kinds:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        outputs: dict[str, torch.Tensor] = {}
+        keys_from = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        with keep_projections(outputs, {"q": (attn.to_q, hidden_states), "k": (attn.to_k, keys_from)}):
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        rows = self.captured.cond_rows
+        with torch.no_grad():
+            probs = attention_probs(
+                attn, hidden_states, encoder_hidden_states, attention_mask, rows, kept_rows(outputs, rows)
+            )
+            for k in kinds:
+                self.captured.add(k, factor, probs)
         return out
 
+    def wanted(self, attn, hidden_states: torch.Tensor, encoder_hidden_states) -> tuple[int, list[str]]:
+        """The grid factor of this call's queries and the maps wanted of it now ([] for none)."""
+        captured = self.captured
+        if not (captured.active or captured.at_step) or hidden_states.ndim != 3 or attn.spatial_norm is not None:
+            return 0, []
+        kind = "self" if encoder_hidden_states is None else "cross"
+        factors = captured.spec.self_factors if kind == "self" else captured.spec.cross_factors
+        geometry = captured.factor_of(hidden_states.shape[1])
+        if geometry is None or geometry[0] not in factors:
+            return 0, []
+        on = ((kind, captured.active), ("step_cross", captured.at_step and kind == "cross"))
+        return geometry[0], [k for k, yes in on if yes]
 
-def attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, rows: slice) -> torch.Tensor:
-    """Softmax attention of `rows` of the batch, averaged over heads: (b, N_query, N_key)."""
+
+def attention_probs(
+    attn, hidden_states, encoder_hidden_states, attention_mask, rows: slice, kept: dict | None = None
+) -> torch.Tensor:
+    """Softmax attention of `rows` of the batch, averaged over heads: (b, N_query, N_key). `kept`: the layer's own
+    q and k projections of those rows (keep_projections), used instead of computing them again."""
+    kept = kept or {}
     x = hidden_states[rows]
     b = x.shape[0]
-    if attn.group_norm is not None:
-        x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
-    ctx = x if encoder_hidden_states is None else encoder_hidden_states[rows]
-    if encoder_hidden_states is not None and attn.norm_cross:
-        ctx = attn.norm_encoder_hidden_states(ctx)
-    q, k = attn.to_q(x), attn.to_k(ctx)
+    if "q" in kept:
+        q = kept["q"]
+    else:
+        qx = x if attn.group_norm is None else attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        q = attn.to_q(qx)
+    if "k" in kept:
+        k = kept["k"]
+    else:
+        ctx = x if encoder_hidden_states is None else encoder_hidden_states[rows]
+        if attn.group_norm is not None and encoder_hidden_states is None:
+            ctx = attn.group_norm(ctx.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            ctx = attn.norm_encoder_hidden_states(ctx)
+        k = attn.to_k(ctx)
     head_dim = k.shape[-1] // attn.heads
     q = q.view(b, -1, attn.heads, head_dim).transpose(1, 2)
     k = k.view(b, -1, attn.heads, head_dim).transpose(1, 2)
@@ -219,13 +242,12 @@ def head_mean_softmax(q: torch.Tensor, k: torch.Tensor, scale: float, mask: torc
 
 
 @contextmanager
-def keep_projections(
-    attn, outputs: dict[str, torch.Tensor], image: torch.Tensor, text: torch.Tensor | None
-) -> Iterator[None]:
-    """Keep the layer's q, k and text-k projections in `outputs` ('q', 'k', 'kt') as the layer computes them, so
-    capture need not compute them again. Only a projection's first call, on the very tensor the layer was given
-    (`image`; `text` for 'kt'), is kept: anything else (a processor that fuses the projections, or projects
-    another input) leaves the key empty, and capture recomputes it."""
+def keep_projections(outputs: dict[str, torch.Tensor], projections: dict[str, tuple[Any, Any]]) -> Iterator[None]:
+    """Keep a layer's projections in `outputs` as the layer computes them, so capture need not compute them
+    again: `projections` maps a key to (the projection module, the very tensor the layer was given that it
+    projects). Only the module's first call, on that tensor, is kept: anything else (a processor that fuses the
+    projections, normalises its input first, or projects another input) leaves the key empty, and capture
+    recomputes it."""
 
     def keeper(key: str, source: torch.Tensor | None):
         def hook(_module, inputs, output) -> None:
@@ -238,12 +260,8 @@ def keep_projections(
 
     hooks = [
         module.register_forward_hook(keeper(key, source))
-        for key, module, source in (
-            ("q", attn.to_q, image),
-            ("k", attn.to_k, image),
-            ("kt", getattr(attn, "add_k_proj", None), text),
-        )
-        if module is not None
+        for key, (module, source) in projections.items()
+        if module is not None and source is not None
     ]
     try:
         yield
@@ -252,6 +270,11 @@ def keep_projections(
             hook.remove()
     for key in [k for k, v in outputs.items() if v is None]:
         del outputs[key]
+
+
+def joint_projections(attn, image: torch.Tensor, text: torch.Tensor | None) -> dict[str, tuple[Any, Any]]:
+    """A joint-attention layer's projections capture keeps: image q and k, and the text's own k ('kt')."""
+    return {"q": (attn.to_q, image), "k": (attn.to_k, image), "kt": (getattr(attn, "add_k_proj", None), text)}
 
 
 def kept_rows(outputs: dict[str, torch.Tensor] | None, rows: Any) -> dict[str, torch.Tensor]:
@@ -270,7 +293,7 @@ class JointCapturingProcessor(CapturingProcessor):
         if encoder_hidden_states is None or not self.joint_wanted(hidden_states)[1]:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         outputs: dict[str, torch.Tensor] = {}
-        with keep_projections(attn, outputs, hidden_states, encoder_hidden_states):
+        with keep_projections(outputs, joint_projections(attn, hidden_states, encoder_hidden_states)):
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         self.capture_joint(attn, hidden_states, encoder_hidden_states, None, outputs)
         return out
@@ -345,7 +368,7 @@ class FluxCapturingProcessor(JointCapturingProcessor):
         if image is None or not self.joint_wanted(image)[1]:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         outputs: dict[str, torch.Tensor] = {}
-        with keep_projections(attn, outputs, hidden_states, encoder_hidden_states):
+        with keep_projections(outputs, joint_projections(attn, hidden_states, encoder_hidden_states)):
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         self.capture_joint(attn, image, text, image_rotary_emb, outputs)
         return out

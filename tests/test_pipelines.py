@@ -120,17 +120,17 @@ def test_sd2_v_prediction_reaches_the_pipelines_loop_and_survives_a_scheduler_ch
     assert (generate_batch(v, **run).images == generate_batch(load_model(folders["sd2"]), **run).images).all()
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux"])
-def test_joint_capture_reuses_the_layers_own_projections(models, kind):
-    """Capturing SD3's and FLUX's joint attention (FLUX: double- and single-stream blocks) takes q and k from the
-    layer's own projections (kept by forward hooks) instead of computing them again: every projection runs as
-    often as without capture."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_capture_reuses_the_layers_own_projections(models, kind):
+    """Capture takes q and k from each layer's own projections (kept by forward hooks) instead of computing them
+    again, for a UNet's cross- and self-attention, PixArt's, SD3's joint attention and FLUX's double- and
+    single-stream blocks: every projection runs as often as without capture."""
     model = models[kind]
     f = attention_factors(model.unet)["cross"][0]
     counts: dict[str, int] = {}
     handles = []
     for name, module in model.unet.named_modules():
-        if name.endswith(("attn.to_q", "attn.to_k", "attn.add_k_proj")):
+        if name.endswith(("to_q", "to_k", "add_k_proj")):
             handles.append(
                 module.register_forward_hook(lambda *_a, name=name: counts.__setitem__(name, counts.get(name, 0) + 1))
             )
