@@ -673,14 +673,13 @@ def scaling(folder: Path, iters: int, min_seeds: int = 3) -> dict:
     def complete(points: list[dict]) -> bool:
         return len([p for p in points if p["n"] >= min_seeds]) == len(SCALING_POOLS)
 
-    plain = all(complete(curve.get(f"synthetic at {b}%", [])) for b in SCALING_BUDGETS)
-    filtered = {k.rpartition(" at ")[0] for k in curve if k.startswith("filtered")}
-    any_filtered = any(all(complete(curve[f"{f} at {b}%"]) for b in SCALING_BUDGETS) for f in filtered)
+    met = all(complete(curve.get(f"{arm} at {b}%", [])) for arm in SCALING_ARMS for b in SCALING_BUDGETS)
     return {
         "goal": f"mIoU against pool size {list(SCALING_POOLS)} at {list(SCALING_BUDGETS)}% real, for "
-        f"{list(SCALING_ARMS)}, each with at least {min_seeds} seeds",
+        f"{list(SCALING_ARMS)} (filtered with today's rule, floor {MIN_PROBABILITY}), each with at least "
+        f"{min_seeds} seeds",
         "value": curve,
-        "met": plain and any_filtered,
+        "met": met,
     }
 
 
