@@ -5,7 +5,9 @@
         [--threads 1]
 
 For each model, side by side in one process (plain and captured generations alternate; medians of
-the repeats), the ratios `(generation with capture + mask extraction) / plain generation` and
+the repeats), the ratios `(generation with capture + mask extraction) / plain generation` (wall time, and on
+a CPU the main thread's CPU time, which with `--threads 1` holds all the work and does not depend on what
+else runs on the machine) and
 `peak memory above the call's start, captured / plain` (resident memory sampled every 5 ms; on a
 GPU, torch's peak allocation), after one uncounted warm-up of each. The denoisers and VAEs have the published models' configs (SD-1.5's
 UNet at 512 px, SDXL's UNet at 1024 px, PixArt-alpha XL-2 at 512 px, SD3-medium's MMDiT at the size
@@ -285,23 +287,25 @@ def measure(model: DiffusionModel, size: int, steps: int, guidance: float, repea
     run: dict[str, Any] = dict(prompts=[PROMPT], seeds=[0], steps=steps, guidance=guidance, height=size, width=size)
     if model.arch.control:
         run["control"] = [layout_image(size)]
-    plain_t, plain_m, cap_t, cap_m, extract_t = [], [], [], [], []
+    plain_t, plain_m, cap_t, cap_m, extract_t, plain_c, cap_c = [], [], [], [], [], [], []
     generate_batch(model, **run)  # warm-up, not counted: first-call allocations and lazy initialisation
     generate_batch(model, **run, capture=spec)
     for _ in range(repeats):
         gc.collect()
         with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             generate_batch(model, **run)
             plain_t.append(time.perf_counter() - t0)
+            plain_c.append(time.thread_time() - c0)
         plain_m.append(mem.peak)
         gc.collect()
         with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             batch = generate_batch(model, **run, capture=spec)
             t1 = time.perf_counter()
             annot(batch.captured, 0, batch.images[0], groups, [1] * len(groups))
             t2 = time.perf_counter()
+            cap_c.append(time.thread_time() - c0)
         cap_t.append(t2 - t0)
         extract_t.append(t2 - t1)
         cap_m.append(mem.peak)
@@ -314,12 +318,16 @@ def measure(model: DiffusionModel, size: int, steps: int, guidance: float, repea
         "capture_and_extract_s": round(captured, 2),
         "extract_s": round(statistics.median(extract_t), 3),
         "time_ratio": round(captured / plain, 3),
+        # this thread's CPU time: with one torch thread all the work, and untouched by other jobs' share of the cores
+        "cpu_time_ratio": round(statistics.median(cap_c) / statistics.median(plain_c), 3) if device == "cpu" else None,
         "plain_peak_mb": round(pm / 2**20),
         "capture_peak_mb": round(cm / 2**20),
         "memory_ratio": round(cm / pm, 3) if pm > 0 else None,
         "runs": {
             "plain_s": plain_t,
             "capture_and_extract_s": cap_t,
+            "plain_cpu_s": plain_c,
+            "capture_and_extract_cpu_s": cap_c,
             "plain_peak_mb": [round(m / 2**20) for m in plain_m],
             "capture_peak_mb": [round(m / 2**20) for m in cap_m],
         },
