@@ -14,8 +14,10 @@ subset and the trainer's seed. Arms, all with the same iterations and batch size
 - synthetic: + the synthetic pool at ratio 0.5, as synthaug mixes today (toy_fcn_mix.py);
 - pretrain: synthetic only for half the iterations, then real only (toy_fcn_synthetic_pretrain.py,
   then toy_fcn_real_finetune.py); the synthetic half does not depend on the budget and is shared;
-- filtered: as synthetic, with pixels whose loss under the same seed's real-only model is abnormal
-  for their class ignored (`synthaug score`, FreeMask's rule; see synthaug/scoring.py);
+- filtered: as synthetic, with pixels whose loss is abnormal for their class ignored (`synthaug score`,
+  FreeMask's rule; see synthaug/scoring.py), under the final model of the same seed's synthetic run
+  (`--scorer real`: its real-only run, FreeMask's offline route; `--scorer truth`: colour truth, the ceiling
+  of any filter);
 - filtered_hard: as filtered, with hard-but-clean samples drawn more often (policy 'hardness').
 
 The synthetic pool is made once with the shipped toy model (`synthaug generate`, edge refinement) and
