@@ -231,14 +231,12 @@ class Workspace:
         # the real-only twin's name holds no pool: the pool's refinement goes in the folder's name
         pool = f"_a{run.annotation}" if run.annotation != "edge" and twin.arm == "real" else ""
         out = self.root / "pools" / f"n{size}_scored_by_{twin.name}{pool}{run.rule_suffix}"
-        if (out / "scores").is_dir() and any(not n.startswith(".") for n in os.listdir(out / "scores")):
+        if self.has_scores(out):
             return out
         ckpt = self.root / "runs" / twin.name / "work_dirs" / twin.name / f"iter_{twin.iters}.pth"
         if not ckpt.exists():
             run_grid(self, [twin], folder, force=True)
-        shutil.rmtree(out, ignore_errors=True)
-        src = self.pool_prefix(size, run.annotation)
-        shutil.copytree(src, out, copy_function=os.link, ignore=shutil.ignore_patterns("writer.lock", "scores"))
+        self.fresh_copy(out, size, run.annotation)
         subprocess.run(
             [
                 sys.executable,
@@ -262,15 +260,24 @@ class Workspace:
         )
         return out
 
+    @staticmethod
+    def has_scores(store: Path) -> bool:
+        """Whether a scored copy was scored (its scores file written): it is then kept as it is."""
+        return (store / "scores").is_dir() and any(not n.startswith(".") for n in os.listdir(store / "scores"))
+
+    def fresh_copy(self, out: Path, size: int, annotation: str) -> None:
+        """`out` made afresh: a copy (hard links) of the pool's first `size` samples, without scores or lock."""
+        shutil.rmtree(out, ignore_errors=True)
+        src = self.pool_prefix(size, annotation)
+        shutil.copytree(src, out, copy_function=os.link, ignore=shutil.ignore_patterns("writer.lock", "scores"))
+
     def truth_scored_pool(self, size: int, run: Run) -> Path:
         """The pool's first `size` samples scored by colour truth (ColourTruthLoss) under `run`'s rule."""
         pool = f"_a{run.annotation}" if run.annotation != "edge" else ""
         out = self.root / "pools" / f"n{size}_scored_by_truth{pool}{run.rule_suffix}"
-        if (out / "scores").is_dir() and any(not n.startswith(".") for n in os.listdir(out / "scores")):
+        if self.has_scores(out):
             return out
-        shutil.rmtree(out, ignore_errors=True)
-        src = self.pool_prefix(size, run.annotation)
-        shutil.copytree(src, out, copy_function=os.link, ignore=shutil.ignore_patterns("writer.lock", "scores"))
+        self.fresh_copy(out, size, run.annotation)
         rule = FilterRule(min_probability=run.min_probability)
         header = json.loads(score_store(out, ColourTruthLoss(), rule, tag="colour-truth").open().readline())
         # A class at least half of whose pixels are wrong has its median (so its threshold) at MAX_LOSS: then
@@ -502,7 +509,6 @@ ARM_LABELS = {
     "filtered_by_real": "+ synthetic, filtered by the real-only model",
     "filtered_hard_by_real": "+ synthetic, filtered by the real-only model + hardness",
     "filtered_by_truth": "+ synthetic, filtered by colour truth (the ceiling)",
-    "filtered_hard_by_truth": "+ synthetic, filtered by colour truth + hardness",
 }
 
 
@@ -544,8 +550,7 @@ def load_runs(folder: Path, iters: int, pool: int, annotation: str = "edge") -> 
         if r["arm"].startswith("filtered"):
             scorer = r.get("scorer", "synthetic")  # real: FreeMask's offline route; truth: the ceiling
             arm = r["arm"] + (f"_by_{scorer}" if scorer != "synthetic" else "")
-            p = run_floor(r)
-            r = {**r, "arm": arm if p == MIN_PROBABILITY else f"{arm}@p{p}"}
+            r = {**r, "arm": rule_arm(arm, run_floor(r))}
         runs.append(r)
     return runs
 
@@ -553,6 +558,11 @@ def load_runs(folder: Path, iters: int, pool: int, annotation: str = "edge") -> 
 def run_floor(record: dict) -> float:
     """A filtered run's label probability floor; runs made before it was a choice used ln 2 (0.5)."""
     return record.get("min_probability", LEGACY_MIN_PROBABILITY)
+
+
+def rule_arm(arm: str, floor: float | None) -> str:
+    """An arm's name in the tables: a filtered arm made with another floor than today's carries it ('@p0.5')."""
+    return arm if floor in (None, MIN_PROBABILITY) else f"{arm}@p{floor}"
 
 
 def arm_label(arm: str) -> str:
@@ -657,7 +667,7 @@ def scaling(folder: Path, iters: int, min_seeds: int = 3) -> dict:
     for arm in SCALING_ARMS:
         rules = sorted({run_floor(r) for r in runs if r["arm"] == arm})
         for p in rules if arm.startswith("filtered") else [None]:
-            name = arm if p in (None, MIN_PROBABILITY) else f"{arm}@p{p}"
+            name = rule_arm(arm, p)
             for budget in SCALING_BUDGETS:
                 points = []
                 for pool in SCALING_POOLS:

@@ -15,7 +15,6 @@ right pixels ignored (want low). Writes benchmarks/results/loss_filter_planted__
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import time
@@ -25,7 +24,7 @@ import numpy as np
 from results_io import result_path, write_result
 
 from synthaug.demo_training import CONFIG_DIR, train
-from synthaug.scoring import class_medians, loss_histograms
+from synthaug.scoring import FilterRule, class_medians, loss_histograms
 from synthaug.store import SampleStore
 from synthaug.toy.dataset import write_toy_dataset
 from synthaug.toy.planted import write_planted_store
@@ -72,7 +71,7 @@ def main() -> None:
     for reference, values, margin, p in (
         (r, v, m, p) for r, v in (("mean", means), ("median", medians)) for p in MIN_PROBABILITIES for m in MARGINS
     ):
-        threshold = np.maximum(margin * values, -math.log(p))
+        threshold = np.maximum(margin * values, FilterRule(margin=margin, min_probability=p).floor)
         ignored = losses > threshold[labels]
         rows.append(
             {

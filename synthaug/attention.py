@@ -200,17 +200,13 @@ def attention_probs(
     kept = kept or {}
     x = hidden_states[rows]
     b = x.shape[0]
-    if "q" in kept:
-        q = kept["q"]
-    else:
-        qx = x if attn.group_norm is None else attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
-        q = attn.to_q(qx)
+    if attn.group_norm is not None and not {"q", "k"} <= kept.keys():
+        x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+    q = kept["q"] if "q" in kept else attn.to_q(x)
     if "k" in kept:
         k = kept["k"]
     else:
         ctx = x if encoder_hidden_states is None else encoder_hidden_states[rows]
-        if attn.group_norm is not None and encoder_hidden_states is None:
-            ctx = attn.group_norm(ctx.transpose(1, 2)).transpose(1, 2)
         if encoder_hidden_states is not None and attn.norm_cross:
             ctx = attn.norm_encoder_hidden_states(ctx)
         k = attn.to_k(ctx)

@@ -74,26 +74,34 @@ def tiny_vae(**extra):
     )
 
 
-def make_tiny_sd(path: Path) -> Path:
+def tiny_unet(**config):
+    """A UNet2DConditionModel of two blocks (32 and 64 channels, one layer each) on 8x8 latents; `config` gives
+    the rest (which blocks attend, heads, text width and the SD 2/XL options)."""
     from diffusers import UNet2DConditionModel
 
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        **config,
+    )
+
+
+def make_tiny_sd(path: Path) -> Path:
     from synthaug.random_sd import clip_text_encoder, save_sd_folder
 
     torch.manual_seed(0)
     path = Path(path)
     tokenizer = tiny_clip_tokenizer(path / "_tok_src")
     text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+    unet = tiny_unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=4,
-        norm_num_groups=8,
     )
     vae = tiny_vae()
     return save_sd_folder(path / "tiny-sd", unet, vae, text_encoder, tokenizer)
@@ -102,27 +110,19 @@ def make_tiny_sd(path: Path) -> Path:
 def make_tiny_sd2(path: Path) -> Path:
     """SD 2.x's shape: a v-prediction scheduler, linear projections in the transformer blocks, per-block head
     sizes, attention upcast to fp32, and an OpenCLIP-style text encoder (GELU)."""
-    from diffusers import UNet2DConditionModel
-
     from synthaug.random_sd import clip_text_encoder, save_sd_folder
 
     torch.manual_seed(0)
     path = Path(path)
     tokenizer = tiny_clip_tokenizer(path / "_tok_src", pad_token="!")  # SD 2's tokenizer pads with "!"
     text_encoder = clip_text_encoder(tokenizer, 32, 2, 4, 37, 16, hidden_act="gelu")
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+    unet = tiny_unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         upcast_attention=True,
-        norm_num_groups=8,
     )
     folder = save_sd_folder(path / "tiny-sd2", unet, tiny_vae(), text_encoder, tokenizer)
     config_file = folder / "scheduler" / "scheduler_config.json"
@@ -136,7 +136,7 @@ def make_tiny_sdxl(path: Path, width_2: int = 32) -> Path:
     hidden states are concatenated as the UNet's cross-attention keys, and the added time and text
     conditions, sized as diffusers' own SDXL tests size theirs; saved with StableDiffusionXLPipeline.
     `width_2`: the second encoder's width (SDXL's are 768 and 1280; single files tell them apart by width)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from synthaug.random_sd import clip_text_encoder
@@ -159,12 +159,7 @@ def make_tiny_sdxl(path: Path, width_2: int = 32) -> Path:
         pad_token_id=tokenizer_2.pad_token_id,
     )
     text_encoder_2 = CLIPTextModelWithProjection(config_2)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+    unet = tiny_unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -174,7 +169,6 @@ def make_tiny_sdxl(path: Path, width_2: int = 32) -> Path:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=48 + width_2,  # 6 time ids x 8 + the pooled text
         cross_attention_dim=32 + width_2,  # the two encoders' states side by side
-        norm_num_groups=8,
     )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"

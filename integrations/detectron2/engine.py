@@ -158,12 +158,15 @@ def producer_from_cfg(cfg: CfgNode) -> SyntheticProducerHook | None:
                 f"SYNTHAUG.PRODUCER.SCORE_EVERY={p.SCORE_EVERY} / SCORE_MARGIN={p.SCORE_MARGIN}: use an every >= 1 "
                 "(batches between checkpoint polls) and a margin > 0 (1.25 by default)"
             )
-        floor = p.SCORE_MIN_PROBABILITY
-        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor <= 1):
+        from synthaug.scoring import FilterRule
+
+        try:  # the rule's own check of the floor, with the key named
+            FilterRule(min_probability=p.SCORE_MIN_PROBABILITY)
+        except ValueError:
             raise ValueError(
-                f"SYNTHAUG.PRODUCER.SCORE_MIN_PROBABILITY={floor!r}: use a label probability in (0, 1], or None for "
-                "the model's default (0.5 for instance masks, 0.1 for a semantic model)"
-            )
+                f"SYNTHAUG.PRODUCER.SCORE_MIN_PROBABILITY={p.SCORE_MIN_PROBABILITY!r}: use a label probability in "
+                "(0, 1], or None for the model's default (0.5 for instance masks, 0.1 for a semantic model)"
+            ) from None
         saved = os.path.join(cfg.OUTPUT_DIR, "synthaug_scoring_config.yaml")
         if comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
